@@ -1,0 +1,257 @@
+"""Nix-built base images, their GC roots, and the qcow2 overlays VMs run on.
+
+The only module that runs nix and qemu-img (through adapters/proc.py).
+
+Data safety rules kept here:
+- an overlay is created once and never deleted, recreated or rebased by this
+  module, except `move_aside` (rename to a dated name, kept) and `purge`, which
+  only the explicit `nvirtd purge` command calls;
+- every base image an overlay uses has a GC root under <state>/gcroots before the
+  overlay is created, and keeps it while any overlay nvirtd recorded uses it;
+- builds run in the background, at most `jobs` at once, one build per configuration
+  path however many domains ask for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from ..core.identity import gc_root_name
+from ..core.observed import BuildPhase, BuildState
+from ..errors import CommandError, PermanentError
+from ..runtime.atomicfile import atomic_write
+from . import proc
+
+log = structlog.get_logger("nvirtd.images")
+STORE_PATH = re.compile(r"^(/nix/store/[0-9a-z]{32}-[^/\s]+)(/\S*)?$")
+DEFAULT_BUILD_COMMAND = ("nixos-generate", "-f", "qcow", "-c", "{path}")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    path: str
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing: str | None
+    backing_format: str | None
+
+
+async def image_info(path: str) -> ImageInfo:
+    # -U: read even while QEMU holds the write lock of a running guest's overlay
+    result = await proc.run(["qemu-img", "info", "-U", "--output=json", path])
+    data = json.loads(result.stdout)
+    return ImageInfo(
+        path=path, format=data.get("format", ""), virtual_size=int(data.get("virtual-size", 0)),
+        actual_size=int(data.get("actual-size", 0)),
+        backing=data.get("full-backing-filename") or data.get("backing-filename"),
+        backing_format=data.get("backing-filename-format"),
+    )
+
+
+def store_root(image: str) -> str:
+    """/nix/store/HASH-name/nixos.qcow2 -> /nix/store/HASH-name."""
+    match = STORE_PATH.match(image)
+    if not match:
+        raise ValueError(f"{image} is not in the nix store")
+    return match.group(1)
+
+
+def parse_build_output(stdout: str) -> str:
+    """The store path the builder printed last (its result), not a guess."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if STORE_PATH.match(line):
+            return line
+    raise PermanentError(f"the build printed no /nix/store path; its output ended with: {stdout.strip()[-300:]!r}")
+
+
+def find_image(result: str) -> str:
+    """A result that is a directory holds exactly one qcow2 image."""
+    if not os.path.isdir(result):
+        return result
+    found = sorted(str(p) for p in Path(result).rglob("*.qcow2"))
+    if len(found) != 1:
+        raise PermanentError(f"expected one .qcow2 image in {result}, found {len(found)}")
+    return found[0]
+
+
+class Images:
+    def __init__(self, *, state_dir: str, build_command: tuple[str, ...] = DEFAULT_BUILD_COMMAND, jobs: int = 2,
+                 on_built: Callable[[str], None] = lambda path: None, retry_delay: float = 60.0,
+                 build_env: dict[str, str] | None = None) -> None:
+        self.roots_dir = Path(state_dir) / "gcroots"
+        self.registry_path = Path(state_dir) / "overlays.json"
+        self.build_command = tuple(build_command)
+        self.on_built = on_built
+        self.retry_delay = retry_delay
+        self.build_env = build_env
+        self._jobs = asyncio.Semaphore(jobs)
+        self._builds: dict[str, BuildState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, int] = {}
+
+    # ---- builds ---------------------------------------------------------------------
+    def build_state(self, path: str) -> BuildState:
+        return self._builds.get(path, BuildState())
+
+    def request_build(self, path: str) -> None:
+        """Start a background build of `path` unless one runs; returns at once."""
+        if path in self._tasks:
+            return
+        self._builds[path] = BuildState(BuildPhase.building)
+        self._tasks[path] = asyncio.create_task(self._build(path), name=f"build {path}")
+
+    def invalidate(self, paths: set[str] | None = None) -> None:
+        """Forget finished builds so the next reconcile re-evaluates them (reload)."""
+        for path in list(self._builds):
+            if (paths is None or path in paths) and path not in self._tasks:
+                del self._builds[path]
+
+    @property
+    def building(self) -> int:
+        return len(self._tasks)
+
+    async def cancel_builds(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _build(self, path: str) -> None:
+        argv = [part.replace("{path}", path) for part in self.build_command]
+        started = time.monotonic()
+        try:
+            async with self._jobs:
+                log.info("image_build_started", config=path, argv=argv)
+                result = await proc.run(argv, env=self.build_env, config=path)
+                image = find_image(parse_build_output(result.stdout))
+                await self.ensure_root(image)
+            self._builds[path] = BuildState(BuildPhase.built, image=image)
+            self._failures.pop(path, None)
+            log.info("image_built", config=path, image=image, seconds=round(time.monotonic() - started, 2))
+        except (CommandError, PermanentError, OSError) as exc:
+            count = self._failures.get(path, 0) + 1
+            self._failures[path] = count
+            delay = min(self.retry_delay * 2 ** (count - 1), 3600.0)
+            tail = exc.output_tail if isinstance(exc, CommandError) else str(exc)
+            self._builds[path] = BuildState(BuildPhase.failed, error=_tail_lines(tail),
+                                            retry_at=time.monotonic() + delay)
+            log.error("image_build_failed", config=path, retry_in=delay, log_tail=_tail_lines(tail))
+        finally:
+            self._tasks.pop(path, None)
+        self.on_built(path)
+
+    # ---- GC roots -------------------------------------------------------------------
+    async def ensure_root(self, image: str) -> Path:
+        """An indirect GC root for the store path holding `image` (idempotent)."""
+        store = store_root(image)
+        link = self.roots_dir / gc_root_name(store)
+        if link.is_symlink() and os.readlink(link) == store and os.path.exists(store):
+            return link
+        self.roots_dir.mkdir(parents=True, exist_ok=True)
+        await proc.run(["nix-store", "--realise", store, "--add-root", str(link), "--indirect"], env=self.build_env)
+        log.info("gc_root_added", root=str(link), store_path=store)
+        return link
+
+    async def prune_roots(self, keep_images: set[str]) -> list[str]:
+        """Drop roots of store paths that no recorded overlay and no current build uses."""
+        keep = {store_root(i) for i in keep_images if STORE_PATH.match(i)}
+        keep |= {store_root(o["backing"]) for o in self.registry().values()
+                 if o.get("backing") and STORE_PATH.match(o["backing"]) and os.path.exists(o["overlay"])}
+        removed = []
+        if self.roots_dir.is_dir():
+            for link in self.roots_dir.iterdir():
+                if link.is_symlink() and os.readlink(link) not in keep:
+                    link.unlink()
+                    removed.append(str(link))
+                    log.info("gc_root_removed", root=str(link))
+        return removed
+
+    # ---- overlays -------------------------------------------------------------------
+    def registry(self) -> dict[str, dict[str, str]]:
+        try:
+            return json.loads(self.registry_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _record(self, overlay: str, **entry: str) -> None:
+        data = self.registry()
+        data[overlay] = {"overlay": overlay, **entry}
+        atomic_write(self.registry_path, json.dumps(data, indent=2, sort_keys=True))
+
+    async def inspect(self, overlay: str) -> ImageInfo | None:
+        if not os.path.exists(overlay):
+            return None
+        return await image_info(overlay)
+
+    async def create_overlay(self, overlay: str, image: str, *, size: int | None, domain: str, disk: str) -> ImageInfo:
+        if os.path.exists(overlay):
+            raise PermanentError(f"{overlay} already exists; nvirtd never overwrites an overlay")
+        base = await image_info(image)
+        if size is not None and size < base.virtual_size:
+            raise PermanentError(
+                f"nix.size of disk {disk} is {_human(size)}, smaller than the image's virtual size "
+                f"{_human(base.virtual_size)}; give at least that much (or omit size to use the image's)")
+        await self.ensure_root(image)
+        Path(overlay).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{overlay}.creating"
+        argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.format, "-b", image, tmp]
+        if size is not None:
+            argv.append(str(size))
+        if os.path.exists(tmp):
+            os.unlink(tmp)  # a leftover of a crash during create: never held data
+        await proc.run(argv, domain=domain)
+        info = await image_info(tmp)
+        if info.backing != image or info.backing_format != base.format:
+            os.unlink(tmp)
+            raise PermanentError(f"qemu-img created {overlay} backed by {info.backing}, expected {image}")
+        self._record(overlay, backing=image, domain=domain, disk=disk)
+        os.rename(tmp, overlay)
+        log.info("overlay_created", domain=domain, disk=disk, overlay=overlay, backing=image)
+        return info
+
+    def move_aside(self, overlay: str, *, domain: str, disk: str) -> str:
+        """Rename an overlay to a dated name; it is kept (with its base rooted) until purged."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = f"{overlay}.replaced-{stamp}"
+        os.rename(overlay, kept)
+        entry = self.registry().get(overlay, {})
+        self._record(kept, backing=entry.get("backing", ""), domain=domain, disk=disk)
+        log.warning("overlay_moved_aside", domain=domain, disk=disk, overlay=overlay, kept_as=kept)
+        return kept
+
+    async def purge(self, domain: str) -> list[str]:
+        """Delete every overlay recorded for `domain` (explicit `nvirtd purge` only)."""
+        data = self.registry()
+        removed = []
+        for overlay, entry in list(data.items()):
+            if entry.get("domain") == domain:
+                if os.path.exists(overlay):
+                    os.unlink(overlay)
+                    removed.append(overlay)
+                del data[overlay]
+        atomic_write(self.registry_path, json.dumps(data, indent=2, sort_keys=True))
+        for path in removed:
+            log.warning("overlay_purged", domain=domain, overlay=path)
+        return removed
+
+
+def _tail_lines(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:g} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)

@@ -1,0 +1,49 @@
+"""The one way nvirtd runs a subprocess: an argv list, logged, with a bounded output tail.
+
+Never a shell. A non-zero exit raises CommandError carrying the argv, the exit
+code and the tail of the combined output, which is what the user needs to see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+
+import structlog
+
+from ..errors import CommandError
+
+log = structlog.get_logger("nvirtd.proc")
+TAIL_BYTES = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    stdout: str
+    stderr: str
+
+
+async def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+              timeout: float | None = None, **fields: object) -> Result:
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise TypeError("run() takes a non-empty list of strings")
+    log.debug("command_started", argv=argv, **fields)
+    full_env = None if env is None else {**os.environ, **env}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=full_env, cwd=cwd,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        proc.kill()
+        await proc.wait()
+        raise
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    if proc.returncode != 0:
+        tail = (stderr or stdout)[-TAIL_BYTES:]
+        log.warning("command_failed", argv=argv, returncode=proc.returncode, stderr_tail=tail[-1000:], **fields)
+        raise CommandError(argv, proc.returncode or -1, tail)
+    log.debug("command_finished", argv=argv, **fields)
+    return Result(stdout, stderr)

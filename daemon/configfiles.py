@@ -1,0 +1,115 @@
+"""Read /etc/nvirt.d: which files count, whether they may be trusted, and their content.
+
+Only regular `*.json` files directly in the directory are read; dotfiles and editor
+or package leftovers (`~`, `.swp`, `.bak`, `.dpkg-*`, `.tmp`) never end in `.json`
+or start with a dot, so they are skipped by the name rule alone.
+
+Trust (like sshd's StrictModes): the directory and each file must be owned by root
+or by the daemon's user and not writable by group or others, and a symlink may not
+point outside the directory. A config file can attach any block device to a VM, so
+whoever can write it is root.
+
+Parsing is cached by (inode, size, mtime): a reload re-reads only files that changed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core.config import ConfigError, ParsedFile, parse_text
+
+
+def is_config_name(name: str) -> bool:
+    return name.endswith(".json") and not name.startswith(".") and len(name) > len(".json")
+
+
+def _trust_problem(path: Path, st: os.stat_result, what: str) -> str | None:
+    if st.st_uid not in (0, os.geteuid()):
+        return f"{what} {path} is owned by uid {st.st_uid}, not root: refused"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{what} {path} is writable by group or others (mode {stat.filemode(st.st_mode)}): refused"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryProblem:
+    message: str
+
+
+class ConfigReader:
+    def __init__(self, directory: str, *, trust_checks: bool = True) -> None:
+        path = Path(directory).absolute()
+        # a single file (e.g. config.example.json) is read as a directory holding only it
+        self.only: str | None = path.name if path.is_file() else None
+        self.directory = path.parent if self.only else path
+        self.trust_checks = trust_checks
+        self._cache: dict[str, tuple[tuple[int, int, int, int], ParsedFile]] = {}
+
+    def read(self) -> tuple[dict[str, ParsedFile], DirectoryProblem | None]:
+        """Every config file's parse result, keyed by file name; or a problem with the directory."""
+        try:
+            dir_st = os.stat(self.directory)
+            names = [self.only] if self.only else sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return {}, DirectoryProblem(f"config directory {self.directory} does not exist")
+        except OSError as exc:
+            return {}, DirectoryProblem(f"cannot read config directory {self.directory}: {exc.strerror}")
+        if self.trust_checks and not self.only:
+            problem = _trust_problem(self.directory, dir_st, "config directory")
+            if problem:
+                return {}, DirectoryProblem(problem)
+        results: dict[str, ParsedFile] = {}
+        for name in names:
+            if is_config_name(name):
+                parsed = self._read_one(name)
+                if parsed is not None:
+                    results[name] = parsed
+        self._cache = {k: v for k, v in self._cache.items() if k in results}
+        return results, None
+
+    def _read_one(self, name: str) -> ParsedFile | None:
+        path = self.directory / name
+        try:
+            lst = os.lstat(path)
+            if stat.S_ISLNK(lst.st_mode):
+                target = path.resolve()
+                if target.parent != self.directory.resolve():
+                    return _refused(name, f"{path} is a symlink to {target}, outside {self.directory}: refused")
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None  # removed while we listed: the next event reports it
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if self.trust_checks:
+            problem = _trust_problem(path, st, "config file")
+            if problem:
+                return _refused(name, problem)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            return _refused(name, f"not UTF-8 text (byte {exc.start})")
+        except OSError as exc:
+            return _refused(name, f"cannot read: {exc.strerror}")
+        parsed = parse_text(name, text)
+        self._cache[name] = (key, parsed)
+        return parsed
+
+
+def _refused(name: str, reason: str) -> ParsedFile:
+    return ParsedFile(file=name, config=None, errors=(ConfigError(name, "", reason),))
+
+
+def read_single_file(path: str) -> ParsedFile:
+    """`nvirtd check FILE`: one file, no trust checks (it is not being applied)."""
+    p = Path(path)
+    try:
+        return parse_text(p.name, p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return _refused(p.name, f"cannot read: {exc.strerror}")

@@ -1,0 +1,81 @@
+"""Render the merged config into what libvirt should hold, and diff two renderings.
+
+PURE: standard library only (plus the spec models).
+
+A domain or network whose rendering fails (e.g. a static lease naming a domain
+that has no NIC on the network) gets a ConfigError with its file and path, and is
+held at its last good state like a broken file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .config import ConfigError, DesiredState
+from .domain_xml import RenderContext, RenderedDomain, render_domain
+from .network_xml import RenderedNetwork, render_network
+from .spec import Domain, Network
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    state: DesiredState
+    domains: Mapping[str, RenderedDomain] = field(default_factory=dict)
+    networks: Mapping[str, RenderedNetwork] = field(default_factory=dict)
+    errors: tuple[ConfigError, ...] = ()
+    held_keys: frozenset[tuple[str, str]] = frozenset()  # failed to render: keep last good
+
+    def held(self, kind: str, name: str, source_file: str | None) -> bool:
+        return (kind, name) in self.held_keys or self.state.held(kind, name, source_file)
+
+    @property
+    def all_errors(self) -> tuple[ConfigError, ...]:
+        return self.state.errors + self.errors
+
+
+def render_all(state: DesiredState, ctx: RenderContext, previous: Rendered | None = None) -> Rendered:
+    domains: dict[str, RenderedDomain] = {}
+    networks: dict[str, RenderedNetwork] = {}
+    errors: list[ConfigError] = []
+    held: set[tuple[str, str]] = set()
+    specs: dict[str, Domain] = {n: d.spec for n, d in state.domains.items()}  # type: ignore[misc]
+    for name, decl in state.domains.items():
+        try:
+            domains[name] = render_domain(name, decl.spec, ctx, source_file=decl.file)  # type: ignore[arg-type]
+        except ValueError as exc:
+            errors.append(ConfigError(decl.file, f"domains.{name}", str(exc)))
+            held.add(("domain", name))
+    for name, decl in state.networks.items():
+        spec: Network = decl.spec  # type: ignore[assignment]
+        try:
+            networks[name] = render_network(name, spec, specs, source_file=decl.file)
+        except ValueError as exc:
+            errors.append(ConfigError(decl.file, f"networks.{name}.dhcp.hosts", str(exc)))
+            held.add(("network", name))
+    if previous is not None:
+        for kind, name in held:
+            old = (previous.domains if kind == "domain" else previous.networks).get(name)
+            if old is not None:
+                (domains if kind == "domain" else networks)[name] = old  # type: ignore[index]
+    return Rendered(state=state, domains=domains, networks=networks, errors=tuple(errors),
+                    held_keys=frozenset(held))
+
+
+def changed_keys(old: Rendered | None, new: Rendered) -> set[tuple[str, str]]:
+    """Keys whose desired state differs: only these need a reconcile after a reload."""
+    if old is None:
+        return {("domain", n) for n in new.domains} | {("network", n) for n in new.networks}
+    keys: set[tuple[str, str]] = set()
+    for kind, a, b in (("domain", old.domains, new.domains), ("network", old.networks, new.networks)):
+        for name in set(a) | set(b):
+            if a.get(name) != b.get(name):
+                keys.add((kind, name))
+    flagged_old = set(old.held_keys) | set(old.state.conflicts)
+    flagged_new = set(new.held_keys) | set(new.state.conflicts)
+    keys |= flagged_old ^ flagged_new
+    if old.state.broken_files != new.state.broken_files:
+        touched = old.state.broken_files ^ new.state.broken_files
+        for kind, objs in (("domain", new.state.domains), ("network", new.state.networks)):
+            keys |= {(kind, n) for n, d in objs.items() if d.file in touched}
+    return keys

@@ -1,0 +1,91 @@
+"""Network spec -> libvirt network XML, built with ElementTree.
+
+PURE: standard library only (plus the spec models).
+
+Static DHCP hosts may name a MAC, a domain (its only NIC on this network) or
+DOMAIN.NIC; names are resolved here against the desired domains, so the lease
+follows the domain's stable MAC.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Mapping
+
+from . import identity
+from .ownership import Owner, attach_owner, spec_hash
+from .xmlbuild import sub, to_string
+from .spec import Domain, ForwardMode, Network
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedNetwork:
+    name: str
+    uuid: str
+    xml: str
+    spec_hash: str
+    source_file: str
+    spec: Network
+
+
+def nics_on(network: str, domains: Mapping[str, Domain]) -> dict[str, list[tuple[str, str]]]:
+    """For each domain: [(nic name, mac)] of its NICs attached to `network`."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    for dom_name, dom in domains.items():
+        uuid = identity.domain_uuid(dom_name, dom.uuid)
+        for nic_name, nic in dom.interfaces.items():
+            if nic.network == network:
+                result.setdefault(dom_name, []).append((nic_name, identity.interface_mac(uuid, nic_name, nic.mac)))
+    return result
+
+
+def resolve_host(key: str, network: str, domains: Mapping[str, Domain]) -> tuple[str, str | None]:
+    """A dhcp.hosts key -> (mac, hostname). Raises ValueError naming what is wrong."""
+    if re.match(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$", key):
+        return key.lower(), None
+    attached = nics_on(network, domains)
+    dom_name, _, nic_name = key.partition(".") if key not in domains else (key, "", "")
+    if dom_name not in domains:
+        raise ValueError(f"static host {key!r} is neither a MAC nor a declared domain")
+    nics = attached.get(dom_name, [])
+    if nic_name:
+        nics = [n for n in nics if n[0] == nic_name]
+    if len(nics) != 1:
+        raise ValueError(
+            f"static host {key!r}: domain {dom_name!r} has {len(nics)} matching NICs on network "
+            f"{network!r}; name one as DOMAIN.NIC or give a MAC"
+        )
+    return nics[0][1], dom_name
+
+
+def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, source_file: str) -> RenderedNetwork:
+    uuid = identity.network_uuid(name, spec.uuid)
+    root = ET.Element("network")
+    sub(root, "name", name)
+    sub(root, "uuid", uuid)
+    if spec.forward != ForwardMode.isolated:
+        sub(root, "forward", mode=spec.forward.value)
+    if spec.forward == ForwardMode.bridge:
+        sub(root, "bridge", name=spec.bridge)  # type: ignore[arg-type]
+    else:
+        sub(root, "bridge", name=spec.bridge or identity.bridge_name(name), stp="on", delay="0")
+    if spec.domain:
+        sub(root, "domain", name=spec.domain, localOnly="yes")
+    if spec.ip is not None:
+        ip = sub(root, "ip", address=str(spec.ip.address), prefix=str(spec.ip.prefix))
+        if spec.dhcp is not None:
+            dhcp = sub(ip, "dhcp")
+            if spec.dhcp.range is not None:
+                sub(dhcp, "range", start=str(spec.dhcp.range.start), end=str(spec.dhcp.range.end))
+            for key, addr in sorted(spec.dhcp.hosts.items()):
+                mac, hostname = resolve_host(key, name, domains)
+                attrs = {"mac": mac, "ip": str(addr)}
+                if hostname and re.match(r"^[A-Za-z0-9-]{1,63}$", hostname):
+                    attrs["name"] = hostname
+                sub(dhcp, "host", **attrs)
+    digest = spec_hash(root)
+    attach_owner(root, Owner(file=source_file, spec_hash=digest))
+    return RenderedNetwork(name=name, uuid=uuid, xml=to_string(root), spec_hash=digest,
+                           source_file=source_file, spec=spec)

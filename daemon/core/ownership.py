@@ -1,0 +1,104 @@
+"""Ownership metadata and the two hashes that make change detection exact.
+
+PURE: standard library only.
+
+Every domain and network nvirtd defines carries one element in its <metadata>,
+in nvirtd's own XML namespace:
+
+    <nvirtd:owner xmlns:nvirtd="https://nvirtd.dev/xmlns/1"
+                  file="web.json" spec-hash="..." fingerprint="..."/>
+
+- `spec-hash` is the hash of the XML nvirtd rendered (without metadata). A new
+  desired spec that renders the same XML has the same hash: no redefine.
+  libvirt's expanded XML is never compared with ours (it adds defaults).
+- `fingerprint` is the hash of the inactive XML libvirt produced from it, read
+  back right after the define (again without metadata). If the definition libvirt
+  holds later hashes differently, someone edited it (virsh edit, virt-manager).
+An object without the element is not nvirtd's and is never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+NAMESPACE = "https://nvirtd.dev/xmlns/1"
+PREFIX = "nvirtd"
+OWNER_TAG = f"{{{NAMESPACE}}}owner"
+ET.register_namespace(PREFIX, NAMESPACE)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    file: str
+    spec_hash: str
+    fingerprint: str | None = None
+
+
+def owner_element(owner: Owner) -> ET.Element:
+    el = ET.Element(OWNER_TAG)
+    el.set("file", owner.file)
+    el.set("spec-hash", owner.spec_hash)
+    if owner.fingerprint:
+        el.set("fingerprint", owner.fingerprint)
+    return el
+
+
+def owner_xml(owner: Owner) -> str:
+    """The element alone, as libvirt's setMetadata() wants it (no namespace prefix)."""
+    el = ET.Element("owner")
+    for key, value in owner_element(owner).attrib.items():
+        el.set(key, value)
+    return ET.tostring(el, encoding="unicode")
+
+
+def parse_owner(xml: str) -> Owner | None:
+    """Find our element in a domain's or network's XML; None when it is not ours."""
+    root = ET.fromstring(xml)
+    meta = root.find("metadata")
+    el = meta.find(OWNER_TAG) if meta is not None else None
+    if el is None:
+        return None
+    return Owner(file=el.get("file", ""), spec_hash=el.get("spec-hash", ""), fingerprint=el.get("fingerprint"))
+
+
+def parse_owner_element(xml: str | None) -> Owner | None:
+    """Parse the bare element libvirt's metadata() call returns."""
+    if not xml:
+        return None
+    el = ET.fromstring(xml)
+    return Owner(file=el.get("file", ""), spec_hash=el.get("spec-hash", ""), fingerprint=el.get("fingerprint"))
+
+
+def _digest(root: ET.Element) -> str:
+    return hashlib.sha256(ET.tostring(root, encoding="utf-8")).hexdigest()[:32]
+
+
+def spec_hash(root: ET.Element) -> str:
+    """Hash of the XML nvirtd renders, before the metadata is added."""
+    if root.find("metadata") is not None:
+        raise ValueError("spec_hash() wants the XML without <metadata>")
+    return _digest(root)
+
+
+def fingerprint(libvirt_xml: str) -> str:
+    """Hash of a definition as libvirt holds it, ignoring <metadata> and whitespace."""
+    root = ET.fromstring(libvirt_xml)
+    for meta in root.findall("metadata"):
+        root.remove(meta)
+    for el in root.iter():
+        if el.text is not None and not el.text.strip():
+            el.text = None
+        if el.tail is not None and not el.tail.strip():
+            el.tail = None
+    return _digest(root)
+
+
+def attach_owner(root: ET.Element, owner: Owner) -> None:
+    """Insert <metadata><nvirtd:owner/></metadata> right after <uuid> (libvirt's order)."""
+    meta = ET.Element("metadata")
+    meta.append(owner_element(owner))
+    uuid_el = root.find("uuid")
+    index = list(root).index(uuid_el) + 1 if uuid_el is not None else 1
+    root.insert(index, meta)

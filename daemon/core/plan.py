@@ -1,0 +1,320 @@
+"""plan(desired, observed) -> actions: every decision nvirtd makes, and no I/O.
+
+PURE: standard library only. A total function of plain values, table-tested in
+tests/core/test_plan.py. The executor carries the actions out; the reconciler
+calls plan() again when libvirt reports the result (level-triggered), so every
+plan only has to take the next safe step, and an unchanged world plans nothing.
+
+Long operations never block a worker: a graceful shutdown sends ACPI, asks to be
+requeued a few seconds later, re-sends, and destroys once the timeout is past.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .domain_xml import RenderedDomain
+from .network_xml import RenderedNetwork
+from .observed import BuildPhase, ObservedDomain, ObservedNetwork, OverlayState, Power
+
+SHUTDOWN_RESEND_SECONDS = 5.0
+
+
+class Phase(StrEnum):
+    pending = "pending"
+    building = "building"
+    defined = "defined"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+    removed = "removed"
+    error = "error"
+
+
+class Condition(StrEnum):
+    restart_required = "restart-required"
+    image_outdated = "image-outdated"
+    conflict = "conflict"
+    held = "held"  # its file is broken or in conflict: last good state kept
+    paused = "paused"
+    crash_loop = "crash-loop"
+    in_use = "in-use"
+
+
+class Act(StrEnum):
+    build_image = "build-image"
+    create_overlay = "create-overlay"
+    recreate_overlay = "recreate-overlay"
+    define = "define"
+    set_autostart = "set-autostart"
+    start = "start"
+    shutdown = "shutdown"
+    destroy = "destroy"
+    undefine = "undefine"
+    reattach_nics = "reattach-nics"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: Act
+    disk: str | None = None  # image actions
+    image: str | None = None  # store image for overlay actions
+    value: bool | None = None  # set-autostart
+
+    def __str__(self) -> str:
+        extra = self.disk or (str(self.value).lower() if self.value is not None else "")
+        return f"{self.kind}({extra})" if extra else str(self.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+    phase: Phase = Phase.pending
+    conditions: frozenset[Condition] = frozenset()
+    requeue_after: float | None = None
+    message: str | None = None
+
+    @property
+    def mutating(self) -> bool:
+        return bool(self.actions)
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownProgress:
+    """When nvirtd started a graceful shutdown of a domain, and last sent ACPI."""
+
+    started_at: float
+    last_sent_at: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInputs:
+    desired: RenderedDomain | None
+    observed: ObservedDomain | None
+    now: float
+    held: bool = False
+    conflict: bool = False
+    overlays: tuple[OverlayState, ...] = ()
+    shutdown: ShutdownProgress | None = None
+    start_not_before: float = 0.0
+    networks_waiting: tuple[str, ...] = ()  # declared networks not active yet
+    removal_timeout: float = 120.0  # shutdownTimeout of the last spec, for a removed domain
+
+
+def _shutdown_steps(inp: DomainInputs, timeout: float) -> tuple[tuple[Action, ...], float]:
+    """The next step of a graceful shutdown: (actions, requeue_after)."""
+    progress, now = inp.shutdown, inp.now
+    if progress is None:
+        return (Action(Act.shutdown),), min(SHUTDOWN_RESEND_SECONDS, max(timeout, 0.1))
+    elapsed = now - progress.started_at
+    if elapsed >= timeout:
+        return (Action(Act.destroy),), 0.5
+    remaining = timeout - elapsed
+    since_sent = now - progress.last_sent_at
+    if since_sent >= SHUTDOWN_RESEND_SECONDS:
+        return (Action(Act.shutdown),), min(SHUTDOWN_RESEND_SECONDS, remaining)
+    return (), min(SHUTDOWN_RESEND_SECONDS - since_sent, remaining)
+
+
+def plan_domain(inp: DomainInputs) -> Plan:
+    desired, observed = inp.desired, inp.observed
+    if observed is not None and not observed.owned:
+        if desired is None:
+            return Plan(phase=Phase.removed)
+        return Plan(phase=Phase.error, conditions=frozenset({Condition.conflict}),
+                    message=f"a domain named {observed.name!r} exists and is not managed by nvirtd; left alone")
+    if inp.conflict or inp.held:
+        conds = {Condition.held} | ({Condition.conflict} if inp.conflict else set())
+        return Plan(phase=_phase_of(observed), conditions=frozenset(conds),
+                    message="keeping the last good state until the config is fixed")
+    if desired is None:
+        return _plan_removal(inp)
+    return _plan_desired(inp, desired)
+
+
+def _phase_of(observed: ObservedDomain | None) -> Phase:
+    if observed is None:
+        return Phase.pending
+    if observed.power == Power.running:
+        return Phase.running
+    return Phase.stopped if observed.power == Power.shutoff else Phase.defined
+
+
+def _plan_removal(inp: DomainInputs) -> Plan:
+    observed = inp.observed
+    if observed is None:
+        return Plan(phase=Phase.removed)
+    if observed.power.active:
+        actions, after = _shutdown_steps(inp, inp.removal_timeout)
+        return Plan(actions=actions, phase=Phase.stopping, requeue_after=after,
+                    message="removed from the config: shutting down before undefine")
+    if not observed.persistent:
+        return Plan(phase=Phase.removed)
+    return Plan(actions=(Action(Act.undefine),), phase=Phase.removed)
+
+
+def _plan_images(inp: DomainInputs) -> tuple[list[Action], set[Condition], str | None, Phase | None, bool]:
+    """Image steps for nix disks: (actions, conditions, message, blocking phase, needs_stop)."""
+    actions: list[Action] = []
+    conditions: set[Condition] = set()
+    message: str | None = None
+    blocked: Phase | None = None
+    needs_stop = False
+    for ov in inp.overlays:
+        build = ov.build
+        if build.phase == BuildPhase.idle or (build.phase == BuildPhase.failed and (build.retry_at or 0) <= inp.now):
+            actions.append(Action(Act.build_image, disk=ov.disk))
+        usable = ov.exists and (ov.backing_present or (build.image is not None and build.image == ov.backing))
+        if usable:
+            if build.phase == BuildPhase.built and build.image != ov.backing:
+                if ov.recreate_on_change:
+                    needs_stop = True
+                    actions.append(Action(Act.recreate_overlay, disk=ov.disk, image=build.image))
+                else:
+                    conditions.add(Condition.image_outdated)
+                    message = (f"disk {ov.disk}: the configuration now builds {build.image}; the overlay stays on "
+                               f"{ov.backing} (set nix.onImageChange to recreate, or purge and recreate it)")
+            continue
+        if build.phase == BuildPhase.built:
+            if not ov.exists:
+                actions.append(Action(Act.create_overlay, disk=ov.disk, image=build.image))
+            elif ov.recreate_on_change:
+                needs_stop = True
+                actions.append(Action(Act.recreate_overlay, disk=ov.disk, image=build.image))
+            else:
+                blocked, message = Phase.error, (
+                    f"disk {ov.disk}: the overlay's base image {ov.backing} is gone and the configuration "
+                    f"now builds {build.image}; set nix.onImageChange to recreate (the old overlay is kept aside)")
+        elif build.phase == BuildPhase.failed:
+            blocked, message = Phase.error, f"disk {ov.disk}: image build failed: {build.error}"
+        elif blocked is None:
+            blocked = Phase.building
+            message = f"disk {ov.disk}: building the image"
+    return actions, conditions, message, blocked, needs_stop
+
+
+def _plan_desired(inp: DomainInputs, desired: RenderedDomain) -> Plan:
+    observed = inp.observed
+    spec = desired.spec
+    actions, conditions, message, blocked, needs_stop = _plan_images(inp)
+    active = observed is not None and observed.power.active
+    if blocked is not None:
+        builds = tuple(a for a in actions if a.kind == Act.build_image)
+        return Plan(actions=builds, phase=blocked, conditions=frozenset(conditions), message=message)
+
+    if needs_stop and active:
+        builds = tuple(a for a in actions if a.kind == Act.build_image)
+        steps, after = _shutdown_steps(inp, spec.shutdown_timeout)
+        return Plan(actions=builds + steps, phase=Phase.stopping, requeue_after=after,
+                    message="the image changed and nix.onImageChange is recreate: shutting down")
+
+    needs_define = (
+        observed is None
+        or not observed.persistent
+        or observed.owner is None
+        or observed.owner.spec_hash != desired.spec_hash
+        or observed.owner.fingerprint is None
+        or observed.owner.fingerprint != observed.fingerprint
+    )
+    if needs_define:
+        actions.append(Action(Act.define))
+    # libvirt keeps autostart across a redefine; a new (or transient) domain has none
+    current_autostart = observed.autostart if observed is not None and observed.persistent else False
+    if current_autostart != desired.autostart:
+        actions.append(Action(Act.set_autostart, value=desired.autostart))
+
+    requeue: float | None = None
+    power = observed.power if observed is not None else Power.shutoff
+    if spec.state == "stopped":
+        if power.active:
+            steps, requeue = _shutdown_steps(inp, spec.shutdown_timeout)
+            actions.extend(steps)
+            phase = Phase.stopping
+        else:
+            phase = Phase.stopped
+        return Plan(actions=tuple(actions), phase=phase, conditions=frozenset(conditions),
+                    requeue_after=requeue, message=message)
+
+    phase = Phase.running
+    if power == Power.crashed:
+        actions.append(Action(Act.destroy))
+        power = Power.shutoff
+    if power == Power.shutoff:
+        if inp.networks_waiting:
+            return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),
+                        requeue_after=1.0, message=f"waiting for network {', '.join(inp.networks_waiting)}")
+        if inp.now < inp.start_not_before:
+            conditions.add(Condition.crash_loop)
+            return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),
+                        requeue_after=inp.start_not_before - inp.now,
+                        message="the guest keeps stopping: next start after a back-off")
+        actions.append(Action(Act.start))
+    elif power == Power.paused:
+        conditions.add(Condition.paused)
+        phase = Phase.defined
+    elif power == Power.shutting_down:
+        phase, requeue = Phase.stopping, SHUTDOWN_RESEND_SECONDS
+    elif power == Power.running:
+        live = observed.live_spec_hash if observed is not None else None
+        if live is not None and live != desired.spec_hash:
+            if spec.restart_on_change:
+                steps, requeue = _shutdown_steps(inp, spec.shutdown_timeout)
+                actions.extend(steps)
+                phase = Phase.stopping
+                message = "definition changed and restartOnChange is set: restarting"
+            else:
+                conditions.add(Condition.restart_required)
+                message = message or "the new definition applies at the next boot (restartOnChange is false)"
+    return Plan(actions=tuple(actions), phase=phase, conditions=frozenset(conditions),
+                requeue_after=requeue, message=message)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInputs:
+    desired: RenderedNetwork | None
+    observed: ObservedNetwork | None
+    held: bool = False
+    conflict: bool = False
+    used_by: tuple[str, ...] = ()  # domains (declared or still defined) whose NICs use it
+
+
+def plan_network(inp: NetworkInputs) -> Plan:
+    desired, observed = inp.desired, inp.observed
+    if observed is not None and not observed.owned:
+        if desired is None:
+            return Plan(phase=Phase.removed)
+        return Plan(phase=Phase.error, conditions=frozenset({Condition.conflict}),
+                    message=f"a network named {observed.name!r} exists and is not managed by nvirtd; left alone")
+    if inp.conflict or inp.held:
+        conds = {Condition.held} | ({Condition.conflict} if inp.conflict else set())
+        phase = Phase.running if observed is not None and observed.active else Phase.pending
+        return Plan(phase=phase, conditions=frozenset(conds))
+    if desired is None:
+        if observed is None:
+            return Plan(phase=Phase.removed)
+        if inp.used_by:
+            return Plan(phase=Phase.running if observed.active else Phase.stopped,
+                        conditions=frozenset({Condition.in_use}),
+                        message=f"not removed: still used by {', '.join(sorted(inp.used_by))}")
+        acts = ((Action(Act.destroy),) if observed.active else ()) + (Action(Act.undefine),)
+        return Plan(actions=acts, phase=Phase.removed)
+
+    actions: list[Action] = []
+    needs_define = (
+        observed is None or not observed.persistent or observed.owner is None
+        or observed.owner.spec_hash != desired.spec_hash
+        or observed.owner.fingerprint is None or observed.owner.fingerprint != observed.fingerprint
+    )
+    if needs_define:
+        actions.append(Action(Act.define))
+    if observed is None or not observed.persistent or not observed.autostart:
+        actions.append(Action(Act.set_autostart, value=True))
+    if observed is None or not observed.active:
+        actions.append(Action(Act.start))
+    elif observed.live_spec_hash != desired.spec_hash:
+        # libvirt applies a network's new definition only on restart; the restart drops
+        # the guests' taps from the bridge, so they are plugged back in afterwards.
+        actions += [Action(Act.destroy), Action(Act.start), Action(Act.reattach_nics)]
+    return Plan(actions=tuple(actions), phase=Phase.running)

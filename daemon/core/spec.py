@@ -1,0 +1,363 @@
+"""The config format: what an administrator may write in /etc/nvirt.d/*.json.
+
+PURE: imports only the standard library and pydantic.
+
+Option names follow the NixOS module nvirtd grew out of (camelCase, nested the
+same way: `cpu.amount`, `memory.unit`, `enableVnc`, `disks.<d>.driver.type`, ...).
+Every model forbids unknown keys and is frozen, so a validated spec can be shared
+and hashed without copying. Cross-field rules live in validators here, so that
+`nvirtd check` reports them with the file and the JSON path like any other error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$"
+TARGET_PATTERN = r"^(vd|sd|hd|xvd)[a-z]{1,2}$"
+MAC_PATTERN = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
+BRIDGE_PATTERN = r"^[A-Za-z0-9_.:-]{1,15}$"
+
+
+def _check_name(value: str) -> str:
+    if not re.match(NAME_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits, '.', '_' and '-', "
+            "at most 63 characters, not starting with '.' or '-'"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _check_abs_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path")
+    if "\x00" in value or "\n" in value:
+        raise ValueError("path contains a NUL or newline character")
+    return value
+
+
+AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True,
+        use_enum_values=False,
+    )
+
+
+class MemoryUnit(StrEnum):
+    b = "b"
+    bytes = "bytes"
+    KB = "KB"
+    k = "k"
+    KiB = "KiB"
+    MB = "MB"
+    M = "M"
+    MiB = "MiB"
+    GB = "GB"
+    G = "G"
+    GiB = "GiB"
+    TB = "TB"
+    T = "T"
+    TiB = "TiB"
+
+    @property
+    def bytes_per_unit(self) -> int:
+        return _MEMORY_FACTORS[self.value]
+
+
+_MEMORY_FACTORS = {
+    "b": 1, "bytes": 1,
+    "KB": 10**3, "k": 2**10, "KiB": 2**10,
+    "MB": 10**6, "M": 2**20, "MiB": 2**20,
+    "GB": 10**9, "G": 2**30, "GiB": 2**30,
+    "TB": 10**12, "T": 2**40, "TiB": 2**40,
+}
+MIN_MEMORY_BYTES = 16 * 2**20
+
+
+class SizeUnit(StrEnum):
+    K = "K"
+    M = "M"
+    G = "G"
+    T = "T"
+
+    @property
+    def bytes_per_unit(self) -> int:
+        return 1024 ** ("KMGT".index(self.value) + 1)
+
+
+class DiskType(StrEnum):
+    nix = "nix"
+    file = "file"
+    block = "block"
+    dir = "dir"
+    volume = "volume"
+
+
+class DiskDevice(StrEnum):
+    disk = "disk"
+    cdrom = "cdrom"
+
+
+class DriverName(StrEnum):
+    qemu = "qemu"
+    tap = "tap"
+    tap2 = "tap2"
+    phy = "phy"
+    file = "file"
+
+
+class DriverType(StrEnum):
+    aio = "aio"
+    raw = "raw"
+    bochs = "bochs"
+    qcow2 = "qcow2"
+    qed = "qed"
+    fat = "fat"
+
+
+class DesiredPower(StrEnum):
+    running = "running"
+    stopped = "stopped"
+
+
+class VirtType(StrEnum):
+    auto = "auto"
+    kvm = "kvm"
+    qemu = "qemu"
+
+
+class Firmware(StrEnum):
+    bios = "bios"
+    efi = "efi"
+
+
+class ImageChangePolicy(StrEnum):
+    keep = "keep"
+    recreate = "recreate"
+
+
+class ForwardMode(StrEnum):
+    nat = "nat"
+    route = "route"
+    open = "open"
+    isolated = "isolated"
+    bridge = "bridge"
+
+
+class Cpu(Model):
+    amount: int = Field(1, ge=1, le=1024, description="Number of virtual CPUs.")
+
+
+class Memory(Model):
+    amount: int = Field(ge=1, description="Amount of memory, in `unit`.")
+    unit: MemoryUnit = Field(MemoryUnit.KiB, description="Unit of `amount` (libvirt's units).")
+
+    @property
+    def bytes(self) -> int:
+        return self.amount * self.unit.bytes_per_unit
+
+    @model_validator(mode="after")
+    def _at_least_minimum(self) -> Self:
+        if self.bytes < MIN_MEMORY_BYTES:
+            raise ValueError(
+                f"{self.amount} {self.unit.value} is less than the 16 MiB minimum "
+                "(the default unit is KiB: did you forget \"unit\"?)"
+            )
+        return self
+
+
+class Driver(Model):
+    name: DriverName = Field(DriverName.qemu, description="Hypervisor driver of the disk.")
+    type: DriverType | None = Field(
+        None, description="Image format; default qcow2 for nix disks, fat for dir, raw otherwise."
+    )
+
+
+class NixImage(Model):
+    size: int | None = Field(
+        None, ge=1, description="Virtual size of the overlay; default: the base image's size."
+    )
+    unit: SizeUnit = Field(SizeUnit.G, description="Unit of `size`.")
+    on_image_change: ImageChangePolicy = Field(
+        ImageChangePolicy.keep,
+        description="What to do when the configuration yields a new image: keep the overlay "
+        "on the old base and report image-outdated, or recreate it (old overlay kept aside).",
+    )
+
+    @property
+    def size_bytes(self) -> int | None:
+        return None if self.size is None else self.size * self.unit.bytes_per_unit
+
+
+class Disk(Model):
+    type: DiskType = Field(description="Where the disk comes from.")
+    device: DiskDevice = Field(DiskDevice.disk, description="How the guest sees it.")
+    driver: Driver = Field(default_factory=Driver)
+    path: str = Field(
+        description="nix: a NixOS configuration; file/block/dir: an absolute host path; "
+        "volume: POOL/VOLUME."
+    )
+    target: Annotated[str, Field(pattern=TARGET_PATTERN)] | None = Field(
+        None, description="Guest device name (vda, sdb, ...); default: next free vdX (sdX for cdrom)."
+    )
+    read_only: bool = Field(False, description="Attach read-only (cdroms always are).")
+    nix: NixImage | None = Field(None, description="Overlay settings of a nix disk.")
+    boot_order: int | None = Field(None, ge=1, description="Boot priority, 1 first.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.type == DiskType.volume:
+            if not re.match(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.+-]+$", self.path):
+                raise ValueError(f"a volume disk's path is POOL/VOLUME, not {self.path!r}")
+        else:
+            _check_abs_path(self.path)
+        if self.type == DiskType.nix:
+            if self.driver.type not in (None, DriverType.qcow2):
+                raise ValueError("a nix disk is a qcow2 overlay: driver.type must be qcow2")
+            if self.device != DiskDevice.disk:
+                raise ValueError("a nix disk must have device 'disk'")
+        elif self.nix is not None:
+            raise ValueError("'nix' settings only apply to disks of type nix")
+        return self
+
+    @property
+    def format(self) -> DriverType:
+        if self.driver.type is not None:
+            return self.driver.type
+        if self.type == DiskType.nix:
+            return DriverType.qcow2
+        if self.type == DiskType.dir:
+            return DriverType.fat
+        return DriverType.raw
+
+
+class Interface(Model):
+    network: Name | None = Field(None, description="A libvirt network (nvirtd's or existing).")
+    bridge: Annotated[str, Field(pattern=BRIDGE_PATTERN)] | None = Field(
+        None, description="An existing host bridge."
+    )
+    mac: Annotated[str, Field(pattern=MAC_PATTERN)] | None = Field(
+        None, description="Default: derived from the domain UUID and the NIC name (52:54:00:...)."
+    )
+    model: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")] = Field("virtio")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.network is None) == (self.bridge is None):
+            raise ValueError("give exactly one of 'network' and 'bridge'")
+        return self
+
+
+class Boot(Model):
+    kernel: AbsPath = Field(description="Kernel image on the host (direct kernel boot).")
+    initrd: AbsPath | None = None
+    cmdline: str | None = Field(None, max_length=4096)
+
+
+class Domain(Model):
+    uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = Field(
+        None, description="Default: derived from the name, stable."
+    )
+    cpu: Cpu = Field(default_factory=Cpu)
+    memory: Memory
+    enable_vnc: bool = Field(False, description="VNC console on 127.0.0.1, port chosen by libvirt.")
+    state: DesiredPower = Field(DesiredPower.running, description="running or stopped; autostart follows.")
+    restart_on_change: bool = Field(
+        False, description="Restart a running domain when its definition changes (else restart-required)."
+    )
+    shutdown_timeout: int = Field(120, ge=0, le=86400, description="Seconds of ACPI shutdown before destroy.")
+    virt_type: VirtType | None = Field(None, description="Overrides the daemon's --virt-type.")
+    firmware: Firmware = Field(Firmware.bios)
+    tpm: bool = Field(False, description="An emulated TPM 2.0 (needs swtpm).")
+    console_log: bool = Field(False, description="Log the serial console to the state dir.")
+    boot: Boot | None = Field(None, description="Direct kernel boot.")
+    disks: dict[Name, Disk] = Field(default_factory=dict)
+    interfaces: dict[Name, Interface] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _targets_unique(self) -> Self:
+        seen: dict[str, str] = {}
+        for disk_name, disk in self.disks.items():
+            if disk.target is None:
+                continue
+            if disk.target in seen:
+                raise ValueError(
+                    f"disks {seen[disk.target]!r} and {disk_name!r} both use target {disk.target!r}"
+                )
+            seen[disk.target] = disk_name
+        return self
+
+
+class DhcpRange(Model):
+    start: ipaddress.IPv4Address
+    end: ipaddress.IPv4Address
+
+
+class Dhcp(Model):
+    range: DhcpRange | None = None
+    hosts: dict[str, ipaddress.IPv4Address] = Field(
+        default_factory=dict,
+        description="Static leases: key is a MAC, a domain name, or DOMAIN.NIC; value an IPv4 address.",
+    )
+
+
+class Ip(Model):
+    address: ipaddress.IPv4Address
+    prefix: int = Field(24, ge=1, le=32)
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{self.address}/{self.prefix}")
+
+
+class Network(Model):
+    uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = None
+    forward: ForwardMode = Field(ForwardMode.nat)
+    bridge: Annotated[str, Field(pattern=BRIDGE_PATTERN)] | None = Field(
+        None, description="Host bridge: the one to use with forward=bridge, else the name to create."
+    )
+    ip: Ip | None = None
+    dhcp: Dhcp | None = None
+    domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,253}$")] | None = Field(
+        None, description="DNS domain of the network."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.forward == ForwardMode.bridge:
+            if self.bridge is None:
+                raise ValueError("forward 'bridge' needs 'bridge': the name of an existing host bridge")
+            if self.ip is not None or self.dhcp is not None:
+                raise ValueError("a bridged network has no 'ip' or 'dhcp': the host bridge's LAN provides them")
+        if self.dhcp is not None:
+            if self.ip is None:
+                raise ValueError("'dhcp' needs 'ip'")
+            net = self.ip.interface.network
+            rng = self.dhcp.range
+            addrs = [rng.start, rng.end] if rng else []
+            addrs += list(self.dhcp.hosts.values())
+            for addr in addrs:
+                if addr not in net:
+                    raise ValueError(f"{addr} is outside the network {net}")
+            if rng and int(rng.start) > int(rng.end):
+                raise ValueError(f"dhcp range starts ({rng.start}) after it ends ({rng.end})")
+        return self
+
+
+class ConfigFile(Model):
+    """One file of /etc/nvirt.d: either key may be missing."""
+
+    domains: dict[Name, Domain] = Field(default_factory=dict)
+    networks: dict[Name, Network] = Field(default_factory=dict)

@@ -1,0 +1,128 @@
+"""Carry out a plan's actions, one small function per kind. No decisions here.
+
+The executor records what the reconciler must remember between passes (when a
+graceful shutdown began, when a domain was last started) in the Memory it is
+given; everything else it learns again from libvirt on the next pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from .adapters.hypervisor import Hypervisor
+from .adapters.images import Images
+from .core import identity
+from .core.domain_xml import RenderedDomain
+from .core.network_xml import RenderedNetwork
+from .core.ownership import Owner
+from .core.plan import Act, Action, ShutdownProgress
+
+log = structlog.get_logger("nvirtd.executor")
+
+
+@dataclass(slots=True)
+class StartRecord:
+    count: int
+    last: float
+
+
+@dataclass(slots=True)
+class Memory:
+    """What must survive between reconcile passes of one daemon process."""
+
+    shutdowns: dict[str, ShutdownProgress] = field(default_factory=dict)
+    starts: dict[str, StartRecord] = field(default_factory=dict)
+    removal_timeouts: dict[str, float] = field(default_factory=dict)
+
+    QUICK_DEATH = 60.0
+
+    def start_not_before(self, name: str) -> float:
+        rec = self.starts.get(name)
+        if rec is None or rec.count <= 1:
+            return 0.0
+        return rec.last + min(5.0 * 2 ** (rec.count - 2), 300.0)
+
+    def record_start(self, name: str, now: float) -> None:
+        rec = self.starts.get(name)
+        quick = rec is not None and now - rec.last < self.QUICK_DEATH + (self.start_not_before(name) - rec.last)
+        self.starts[name] = StartRecord(count=rec.count + 1 if quick and rec else 1, last=now)
+
+    def record_shutdown(self, name: str, now: float) -> None:
+        prev = self.shutdowns.get(name)
+        self.shutdowns[name] = ShutdownProgress(started_at=prev.started_at if prev else now, last_sent_at=now)
+
+
+class DomainExecutor:
+    def __init__(self, hv: Hypervisor, images: Images, memory: Memory, *, images_dir: str) -> None:
+        self.hv = hv
+        self.images = images
+        self.memory = memory
+        self.images_dir = images_dir
+
+    async def run(self, name: str, actions: tuple[Action, ...], desired: RenderedDomain | None) -> None:
+        for action in actions:
+            await self._one(name, action, desired)
+            log.info(f"domain_{action.kind.value.replace('-', '_')}", domain=name,
+                     **({"disk": action.disk} if action.disk else {}))
+
+    async def _one(self, name: str, action: Action, desired: RenderedDomain | None) -> None:
+        now = time.monotonic()
+        match action.kind:
+            case Act.build_image:
+                assert desired is not None and action.disk is not None
+                self.images.request_build(desired.spec.disks[action.disk].path)
+            case Act.create_overlay | Act.recreate_overlay:
+                assert desired is not None and action.disk is not None and action.image is not None
+                disk = desired.spec.disks[action.disk]
+                overlay = identity.overlay_path(self.images_dir, name, action.disk)
+                if action.kind == Act.recreate_overlay:
+                    self.images.move_aside(overlay, domain=name, disk=action.disk)
+                size = disk.nix.size_bytes if disk.nix else None
+                await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
+            case Act.define:
+                assert desired is not None
+                await self.hv.define_domain(desired.xml, Owner(file=desired.source_file, spec_hash=desired.spec_hash))
+            case Act.set_autostart:
+                await self.hv.set_autostart(name, bool(action.value))
+            case Act.start:
+                await self.hv.start(name)
+                self.memory.record_start(name, now)
+            case Act.shutdown:
+                await self.hv.shutdown(name)
+                self.memory.record_shutdown(name, now)
+            case Act.destroy:
+                await self.hv.destroy(name)
+            case Act.undefine:
+                await self.hv.undefine(name)
+            case _:
+                raise ValueError(f"not a domain action: {action}")
+
+
+class NetworkExecutor:
+    def __init__(self, hv: Hypervisor) -> None:
+        self.hv = hv
+
+    async def run(self, name: str, actions: tuple[Action, ...], desired: RenderedNetwork | None) -> None:
+        for action in actions:
+            match action.kind:
+                case Act.define:
+                    assert desired is not None
+                    await self.hv.define_network(desired.xml)
+                case Act.set_autostart:
+                    await self.hv.set_network_autostart(name, bool(action.value))
+                case Act.start:
+                    await self.hv.start_network(name)
+                case Act.destroy:
+                    await self.hv.destroy_network(name)
+                case Act.undefine:
+                    await self.hv.undefine_network(name)
+                case Act.reattach_nics:
+                    domains = await self.hv.reattach_nics(name)
+                    log.info("network_nics_reattached", network=name, domains=domains)
+                    continue
+                case _:
+                    raise ValueError(f"not a network action: {action}")
+            log.info(f"network_{action.kind.value.replace('-', '_')}", network=name)

@@ -1,0 +1,189 @@
+"""reconcile(key): read the desired and the observed state fresh, plan, act, report.
+
+Keys are ("domain", name) or ("network", name). Whatever put a key in the queue
+(a reload, a libvirt event, a finished build, the safety resync), the work is the
+same, and running it twice in a row does nothing the second time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from .adapters.hypervisor import Hypervisor
+from .adapters.images import Images
+from .core import identity
+from .core.desired import Rendered
+from .core.observed import OverlayState
+from .core.plan import DomainInputs, NetworkInputs, Phase, Plan, plan_domain, plan_network
+from .core.spec import DiskType
+from .executor import DomainExecutor, Memory, NetworkExecutor
+from .status import StatusStore
+
+log = structlog.get_logger("nvirtd.reconciler")
+Key = tuple[str, str]
+
+
+class Reconciler:
+    def __init__(self, hv: Hypervisor, images: Images, status: StatusStore, *, images_dir: str,
+                 dry_run: bool = False) -> None:
+        self.dry_run = dry_run  # `nvirtd plan`: plan and report, act on nothing
+        self.hv = hv
+        self.images = images
+        self.status = status
+        self.images_dir = images_dir
+        self.memory = Memory()
+        self.desired: Rendered | None = None
+        self.domains = DomainExecutor(hv, images, self.memory, images_dir=images_dir)
+        self.networks = NetworkExecutor(hv)
+        self.passes = 0
+        self.enqueue: Callable[[Key], None] = lambda key: None
+
+    def waiting_on_build(self, config_path: str) -> list[Key]:
+        """Domains whose nix disks use `config_path` (requeued when its build ends)."""
+        if self.desired is None:
+            return []
+        return [("domain", name) for name, d in self.desired.domains.items()
+                if any(disk.type == DiskType.nix and disk.path == config_path for disk in d.spec.disks.values())]
+
+    async def reconcile(self, key: Key) -> float | None:
+        """One pass for one key; returns the delay after which to look again, if any."""
+        return (await self.plan_and_act(key)).requeue_after
+
+    async def plan_and_act(self, key: Key) -> Plan:
+        started = time.monotonic()
+        kind, name = key
+        self.passes += 1
+        plan = await (self._domain(name) if kind == "domain" else self._network(name))
+        log.log(
+            20 if plan.actions else 10, "reconciled", **{kind: name}, phase=plan.phase.value,
+            actions=[str(a) for a in plan.actions], conditions=sorted(plan.conditions),
+            ms=round((time.monotonic() - started) * 1000, 1),
+            **({"detail": plan.message} if plan.message and plan.actions else {}),
+        )
+        return plan
+
+    def _report(self, kind: str, name: str, plan: Plan, file: str | None, **extra: Any) -> None:
+        if plan.phase == Phase.removed:
+            self.status.remove(kind, name)
+            return
+        error = plan.message if plan.phase == Phase.error else None
+        message = None if error else plan.message
+        if file and kind == "domain" and self.desired is not None:
+            errs = [str(e) for e in self.desired.all_errors if e.file == file and f"{kind}s.{name}" in e.path]
+            error = error or ("; ".join(errs) if errs else None)
+        self.status.update(kind, name, phase=plan.phase.value, conditions=sorted(c.value for c in plan.conditions),
+                           message=message, error=error, file=file,
+                           last_actions=[str(a) for a in plan.actions] or None, **extra)
+
+    async def _domain(self, name: str) -> Plan:
+        desired_set = self.desired
+        desired = desired_set.domains.get(name) if desired_set else None
+        observed = await self.hv.observe_domain(name)
+        source = desired.source_file if desired else (observed.owner.file if observed and observed.owner else None)
+        state = desired_set.state if desired_set else None
+        conflict = state is not None and ("domain", name) in state.conflicts
+        held = desired_set is None or desired_set.held("domain", name, source)
+        overlays, disks_report = await self._overlays(name, desired) if desired else ((), {})
+        now = time.monotonic()
+        if observed is None or not observed.power.active:
+            self.memory.shutdowns.pop(name, None)
+        if desired is not None:
+            self.memory.removal_timeouts[name] = float(desired.spec.shutdown_timeout)
+        waiting = self._networks_waiting(desired) if desired else ()
+        inputs = DomainInputs(
+            desired=desired, observed=observed, now=now, held=held and not conflict, conflict=conflict,
+            overlays=overlays, shutdown=self.memory.shutdowns.get(name),
+            start_not_before=self.memory.start_not_before(name), networks_waiting=waiting,
+            removal_timeout=self.memory.removal_timeouts.get(name, 120.0),
+        )
+        plan = plan_domain(inputs)
+        missing = self._missing_paths(desired) if desired is not None and plan.actions else []
+        if missing:
+            plan = Plan(phase=Phase.error, message="; ".join(missing))
+        if not self.dry_run:
+            await self.domains.run(name, plan.actions, desired)
+        self._report("domain", name, plan, source, disks=disks_report)
+        if plan.phase == Phase.removed:
+            self.memory.starts.pop(name, None)
+            self.memory.removal_timeouts.pop(name, None)
+        return plan
+
+    def _missing_paths(self, desired: Any) -> list[str]:
+        problems = []
+        for disk_name, disk in desired.spec.disks.items():
+            if disk.type in (DiskType.file, DiskType.block, DiskType.dir) and not os.path.exists(disk.path):
+                problems.append(f"{desired.source_file}: domains.{desired.name}.disks.{disk_name}.path: "
+                                f"{disk.path} does not exist")
+        boot = desired.spec.boot
+        if boot is not None:
+            for field_name in ("kernel", "initrd"):
+                path = getattr(boot, field_name)
+                if path and not os.path.exists(path):
+                    problems.append(f"{desired.source_file}: domains.{desired.name}.boot.{field_name}: "
+                                    f"{path} does not exist")
+        return problems
+
+    def _networks_waiting(self, desired: Any) -> tuple[str, ...]:
+        """Declared networks this domain uses whose status is not running yet."""
+        if self.desired is None:
+            return ()
+        waiting = []
+        for nic in desired.spec.interfaces.values():
+            if nic.network and nic.network in self.desired.networks:
+                entry = self.status.entries.get(("network", nic.network))
+                if entry is None or entry.phase != Phase.running.value:
+                    waiting.append(nic.network)
+        return tuple(sorted(set(waiting)))
+
+    async def _overlays(self, name: str, desired: Any) -> tuple[tuple[OverlayState, ...], dict[str, Any]]:
+        states = []
+        report: dict[str, Any] = {}
+        for disk_name, disk in desired.spec.disks.items():
+            if disk.type != DiskType.nix:
+                continue
+            overlay = identity.overlay_path(self.images_dir, name, disk_name)
+            info = await self.images.inspect(overlay)
+            backing = info.backing if info else None
+            states.append(OverlayState(
+                disk=disk_name, overlay=overlay, exists=info is not None, backing=backing,
+                backing_present=bool(backing) and os.path.exists(backing),  # type: ignore[arg-type]
+                build=self.images.build_state(disk.path),
+                recreate_on_change=bool(disk.nix and disk.nix.on_image_change == "recreate"),
+            ))
+            if info is not None:
+                if backing and os.path.exists(backing) and not self.dry_run:
+                    await self.images.ensure_root(backing)
+                report[disk_name] = {"overlay": overlay, "backing": backing, "actual_size": info.actual_size,
+                                     "virtual_size": info.virtual_size}
+        return tuple(states), report
+
+    async def _network(self, name: str) -> Plan:
+        desired_set = self.desired
+        desired = desired_set.networks.get(name) if desired_set else None
+        observed = await self.hv.observe_network(name)
+        source = desired.source_file if desired else (observed.owner.file if observed and observed.owner else None)
+        state = desired_set.state if desired_set else None
+        conflict = state is not None and ("network", name) in state.conflicts
+        held = desired_set is None or desired_set.held("network", name, source)
+        used_by: tuple[str, ...] = ()
+        if desired is None and observed is not None and observed.owned and desired_set is not None:
+            declared = [d for d, r in desired_set.domains.items()
+                        if any(n.network == name for n in r.spec.interfaces.values())]
+            used_by = tuple(sorted(set(declared) | set(await self.hv.domains_using_network(name))))
+        plan = plan_network(NetworkInputs(desired=desired, observed=observed, held=held and not conflict,
+                                          conflict=conflict, used_by=used_by))
+        if not self.dry_run:
+            await self.networks.run(name, plan.actions, desired)
+        before = self.status.entries.get(("network", name))
+        was_running = before is not None and before.phase == Phase.running.value
+        self._report("network", name, plan, source)
+        if plan.phase == Phase.running and not was_running and self.desired is not None:
+            for dom_name, dom in self.desired.domains.items():  # they wait for it: go now
+                if any(nic.network == name for nic in dom.spec.interfaces.values()):
+                    self.enqueue(("domain", dom_name))
+        return plan

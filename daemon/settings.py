@@ -1,0 +1,25 @@
+"""Daemon settings: where things are and how hard to work. Set from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .adapters.images import DEFAULT_BUILD_COMMAND
+from .core.spec import VirtType
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    uri: str = "qemu:///system"
+    config_dir: str = "/etc/nvirt.d"
+    state_dir: str = "/var/lib/nvirtd"
+    images_dir: str = "/var/lib/libvirt/images"
+    virt_type: VirtType = VirtType.auto
+    workers: int = 8
+    build_command: tuple[str, ...] = DEFAULT_BUILD_COMMAND
+    build_jobs: int = 2
+    resync_interval: float = 600.0
+    watch: bool = True
+    debounce: float = 0.2
+    drain_timeout: float = 10.0
+    trust_checks: bool = True

@@ -1,0 +1,25 @@
+"""libvirt lifecycle events -> queue keys. No decisions: the reconciler makes them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+import structlog
+
+from ..adapters.hypervisor import Hypervisor
+
+log = structlog.get_logger("nvirtd.events")
+
+
+def wire(hv: Hypervisor, enqueue: Callable[[Hashable], None], on_lost: Callable[[str], None]) -> None:
+    def domain_event(name: str, event: str) -> None:
+        log.debug("libvirt_domain_event", domain=name, lifecycle=event)
+        enqueue(("domain", name))
+
+    def network_event(name: str) -> None:
+        log.debug("libvirt_network_event", network=name)
+        enqueue(("network", name))
+
+    hv.on_domain_event = domain_event
+    hv.on_network_event = network_event
+    hv.on_close = on_lost

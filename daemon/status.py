@@ -1,0 +1,113 @@
+"""What nvirtd knows about each domain and network, for people and scripts.
+
+The daemon keeps one Entry per object, writes them (debounced) to
+<state-dir>/status.json with an atomic rename, and summarises them in one line for
+systemd's STATUS=. `nvirtd status` reads the file; it never talks to the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runtime.atomicfile import atomic_write
+
+STATUS_FILE = "status.json"
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: str
+    name: str
+    phase: str = "pending"
+    conditions: list[str] = field(default_factory=list)
+    message: str | None = None
+    error: str | None = None
+    file: str | None = None
+    changed_at: float = field(default_factory=time.time)
+    last_actions: list[str] = field(default_factory=list)
+    disks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class StatusStore:
+    def __init__(self, state_dir: str) -> None:
+        self.path = Path(state_dir) / STATUS_FILE
+        self.entries: dict[tuple[str, str], Entry] = {}
+        self.config_errors: list[str] = []
+        self.reload: dict[str, Any] = {"generation": 0, "finished_at": None, "errors": []}
+        self.daemon: dict[str, Any] = {"pid": os.getpid(), "started_at": time.time()}
+        self.dirty = True
+
+    def update(self, kind: str, name: str, **values: Any) -> Entry:
+        entry = self.entries.get((kind, name))
+        if entry is None:
+            entry = self.entries[(kind, name)] = Entry(kind=kind, name=name)
+        before = (entry.phase, entry.conditions, entry.message, entry.error)
+        for key, value in values.items():
+            setattr(entry, key, value)
+        if (entry.phase, entry.conditions, entry.message, entry.error) != before:
+            entry.changed_at = time.time()
+        self.dirty = True
+        return entry
+
+    def remove(self, kind: str, name: str) -> None:
+        if self.entries.pop((kind, name), None) is not None:
+            self.dirty = True
+
+    def summary(self) -> str:
+        domains = [e for e in self.entries.values() if e.kind == "domain"]
+        counts: dict[str, int] = {}
+        for e in domains:
+            counts[e.phase] = counts.get(e.phase, 0) + 1
+        order = ["running", "building", "stopping", "defined", "stopped", "pending", "error"]
+        parts = [f"{counts[p]} {p}" for p in order if counts.get(p)]
+        noun = "domain" if len(domains) == 1 else "domains"
+        text = f"{len(domains)} {noun}" + (": " + ", ".join(parts) if parts else "")
+        flagged = sum(1 for e in domains if e.conditions)
+        if flagged:
+            text += f"; {flagged} with conditions"
+        if self.config_errors:
+            text += f"; {len(self.config_errors)} config error{'s' if len(self.config_errors) > 1 else ''}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "daemon": self.daemon,
+            "summary": self.summary(),
+            "config_errors": self.config_errors,
+            "reload": self.reload,
+            "domains": [asdict(e) for k, e in sorted(self.entries.items()) if k[0] == "domain"],
+            "networks": [asdict(e) for k, e in sorted(self.entries.items()) if k[0] == "network"],
+        }
+
+    def flush(self) -> None:
+        if self.dirty:
+            atomic_write(self.path, json.dumps(self.to_json(), indent=1, default=str))
+            self.dirty = False
+
+
+def load(state_dir: str) -> dict[str, Any]:
+    return json.loads((Path(state_dir) / STATUS_FILE).read_text())
+
+
+def render_table(data: dict[str, Any]) -> str:
+    lines = [f"nvirtd: {data['summary']}"]
+    for kind in ("networks", "domains"):
+        rows = data.get(kind, [])
+        if not rows:
+            continue
+        lines.append("")
+        lines.append(f"{'NAME' if kind == 'domains' else 'NETWORK':<24} {'PHASE':<10} {'CONDITIONS':<28} {'SINCE':<20} DETAIL")
+        for e in rows:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["changed_at"]))
+            detail = e.get("error") or e.get("message") or ""
+            lines.append(f"{e['name']:<24} {e['phase']:<10} {','.join(e['conditions']) or '-':<28} {since:<20} {detail}")
+    if data.get("config_errors"):
+        lines.append("")
+        lines.append("config errors:")
+        lines.extend(f"  {err}" for err in data["config_errors"])
+    return "\n".join(lines)

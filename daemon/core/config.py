@@ -119,6 +119,9 @@ def _translate(file: str, err: dict[str, Any]) -> ConfigError:
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
         reason = msg if kind == "value_error" else f"{msg} (got {json.dumps(value, default=str)[:60]})"
+        if reason.startswith("@"):
+            field_path, _, reason = reason[1:].partition(": ")
+            path = f"{path}.{field_path}" if path else field_path
     return ConfigError(file, path, reason)
 
 

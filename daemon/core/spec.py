@@ -48,6 +48,10 @@ def _check_abs_path(value: str) -> str:
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 
 
+# A validator that checks one field from its model says so as "@field.path: reason";
+# core.config moves that path into the error's location.
+
+
 class Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True,
@@ -220,16 +224,16 @@ class Disk(Model):
     def _consistent(self) -> Self:
         if self.type == DiskType.volume:
             if not re.match(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.+-]+$", self.path):
-                raise ValueError(f"a volume disk's path is POOL/VOLUME, not {self.path!r}")
-        else:
-            _check_abs_path(self.path)
+                raise ValueError(f"@path: a volume disk's path is POOL/VOLUME, not {self.path!r}")
+        elif not self.path.startswith("/"):
+            raise ValueError(f"@path: {self.path!r} is not an absolute path")
         if self.type == DiskType.nix:
             if self.driver.type not in (None, DriverType.qcow2):
-                raise ValueError("a nix disk is a qcow2 overlay: driver.type must be qcow2")
+                raise ValueError("@driver.type: a nix disk is a qcow2 overlay: driver.type must be qcow2")
             if self.device != DiskDevice.disk:
-                raise ValueError("a nix disk must have device 'disk'")
+                raise ValueError("@device: a nix disk must have device 'disk'")
         elif self.nix is not None:
-            raise ValueError("'nix' settings only apply to disks of type nix")
+            raise ValueError("@nix: 'nix' settings only apply to disks of type nix")
         return self
 
     @property
@@ -294,7 +298,7 @@ class Domain(Model):
                 continue
             if disk.target in seen:
                 raise ValueError(
-                    f"disks {seen[disk.target]!r} and {disk_name!r} both use target {disk.target!r}"
+                    f"@disks.{disk_name}.target: disks {seen[disk.target]!r} and {disk_name!r} both use target {disk.target!r}"
                 )
             seen[disk.target] = disk_name
         return self
@@ -338,21 +342,21 @@ class Network(Model):
     def _consistent(self) -> Self:
         if self.forward == ForwardMode.bridge:
             if self.bridge is None:
-                raise ValueError("forward 'bridge' needs 'bridge': the name of an existing host bridge")
+                raise ValueError("@bridge: forward 'bridge' needs 'bridge': the name of an existing host bridge")
             if self.ip is not None or self.dhcp is not None:
                 raise ValueError("a bridged network has no 'ip' or 'dhcp': the host bridge's LAN provides them")
         if self.dhcp is not None:
             if self.ip is None:
-                raise ValueError("'dhcp' needs 'ip'")
+                raise ValueError("@ip: 'dhcp' needs 'ip'")
             net = self.ip.interface.network
             rng = self.dhcp.range
             addrs = [rng.start, rng.end] if rng else []
             addrs += list(self.dhcp.hosts.values())
             for addr in addrs:
                 if addr not in net:
-                    raise ValueError(f"{addr} is outside the network {net}")
+                    raise ValueError(f"@dhcp: {addr} is outside the network {net}")
             if rng and int(rng.start) > int(rng.end):
-                raise ValueError(f"dhcp range starts ({rng.start}) after it ends ({rng.end})")
+                raise ValueError(f"@dhcp.range: dhcp range starts ({rng.start}) after it ends ({rng.end})")
         return self
 
 

@@ -1,0 +1,201 @@
+"""plan_domain / plan_network as tables: world in, next safe step out."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from daemon.core.domain_xml import RenderContext, render_domain
+from daemon.core.network_xml import render_network
+from daemon.core.observed import BuildPhase, BuildState, ObservedDomain, ObservedNetwork, OverlayState, Power
+from daemon.core.ownership import Owner
+from daemon.core.plan import (
+    Act, Condition, DomainInputs, NetworkInputs, Phase, ShutdownProgress, plan_domain, plan_network,
+)
+from daemon.core.spec import Domain, Network, VirtType
+
+CTX = RenderContext(VirtType.kvm, "/img", "/state")
+
+
+def desired(**spec):
+    base = {"memory": {"amount": 256, "unit": "MiB"}}
+    return render_domain("vm", Domain.model_validate({**base, **spec}), CTX, source_file="vm.json")
+
+
+D = desired()
+D_STOPPED = desired(state="stopped")
+D_RESTART = desired(restartOnChange=True, memory={"amount": 512, "unit": "MiB"})
+D_NIX = desired(disks={"root": {"type": "nix", "path": "/cfg.nix"}})
+D_NIX_RECREATE = desired(disks={"root": {"type": "nix", "path": "/cfg.nix", "nix": {"onImageChange": "recreate"}}})
+
+
+def observed(d=D, *, power=Power.running, spec_hash=None, fingerprint="fp", actual_fp="fp", live=None,
+             autostart=True, owned=True, persistent=True):
+    owner = Owner("vm.json", spec_hash or d.spec_hash, fingerprint) if owned else None
+    live_hash = (live if live is not None else (spec_hash or d.spec_hash)) if power.active and owned else None
+    return ObservedDomain(name="vm", uuid=d.uuid, power=power, owner=owner, live_spec_hash=live_hash,
+                          fingerprint=actual_fp, autostart=autostart, persistent=persistent)
+
+
+def overlay(*, exists=True, backing="/nix/store/aaa-img/nixos.qcow2", present=True, build=BuildState(),
+            recreate=False):
+    return OverlayState(disk="root", overlay="/img/vm-root.qcow2", exists=exists, backing=backing if exists else None,
+                        backing_present=present and exists, build=build, recreate_on_change=recreate)
+
+
+BUILT_A = BuildState(BuildPhase.built, image="/nix/store/aaa-img/nixos.qcow2")
+BUILT_B = BuildState(BuildPhase.built, image="/nix/store/bbb-img/nixos.qcow2")
+
+
+def kinds(plan):
+    return [a.kind for a in plan.actions]
+
+
+CASES = [
+    pytest.param(DomainInputs(D, None, now=0), [Act.define, Act.set_autostart, Act.start], Phase.running, set(),
+                 id="new-domain-defined-autostarted-started"),
+    pytest.param(DomainInputs(D, observed(), now=0), [], Phase.running, set(), id="in-sync-running-nothing"),
+    pytest.param(DomainInputs(D, observed(power=Power.shutoff), now=0), [Act.start], Phase.running, set(),
+                 id="guest-shut-down-is-started-again"),
+    pytest.param(DomainInputs(D, observed(power=Power.shutoff), now=10, start_not_before=20), [], Phase.defined,
+                 {Condition.crash_loop}, id="crash-loop-backs-off"),
+    pytest.param(DomainInputs(D, observed(actual_fp="edited"), now=0), [Act.define], Phase.running, set(),
+                 id="virsh-edit-drift-redefined-not-restarted"),
+    pytest.param(DomainInputs(D, observed(fingerprint=None), now=0), [Act.define], Phase.running, set(),
+                 id="missing-fingerprint-after-crash-redefined"),
+    pytest.param(DomainInputs(D, observed(autostart=False), now=0), [Act.set_autostart], Phase.running, set(),
+                 id="autostart-drift"),
+    pytest.param(DomainInputs(D, observed(spec_hash="old", live="old"), now=0), [Act.define], Phase.running,
+                 {Condition.restart_required}, id="changed-running-defined-for-next-boot"),
+    pytest.param(DomainInputs(D, observed(live="old"), now=0), [], Phase.running, {Condition.restart_required},
+                 id="still-restart-required-after-define"),
+    pytest.param(DomainInputs(D_RESTART, observed(D_RESTART, live="old"), now=0), [Act.shutdown], Phase.stopping,
+                 set(), id="restart-on-change-shuts-down"),
+    pytest.param(DomainInputs(D_RESTART, observed(D_RESTART, power=Power.shutoff), now=0), [Act.start],
+                 Phase.running, set(), id="restart-on-change-starts-after-shutdown"),
+    pytest.param(DomainInputs(D_STOPPED, observed(D_STOPPED, autostart=False), now=0), [Act.shutdown],
+                 Phase.stopping, set(), id="state-stopped-shuts-down"),
+    pytest.param(DomainInputs(D_STOPPED, observed(D_STOPPED, autostart=True, power=Power.shutoff), now=0),
+                 [Act.set_autostart], Phase.stopped, set(), id="state-stopped-no-autostart"),
+    pytest.param(DomainInputs(D_STOPPED, None, now=0), [Act.define], Phase.stopped, set(),
+                 id="new-stopped-domain-only-defined"),
+    pytest.param(DomainInputs(None, observed(), now=0), [Act.shutdown], Phase.stopping, set(),
+                 id="removed-running-graceful-shutdown-first"),
+    pytest.param(DomainInputs(None, observed(), now=3, shutdown=ShutdownProgress(0, 0)), [], Phase.stopping, set(),
+                 id="removed-waits-between-acpi"),
+    pytest.param(DomainInputs(None, observed(), now=6, shutdown=ShutdownProgress(0, 0)), [Act.shutdown],
+                 Phase.stopping, set(), id="removed-acpi-resent"),
+    pytest.param(DomainInputs(None, observed(), now=121, shutdown=ShutdownProgress(0, 118)), [Act.destroy],
+                 Phase.stopping, set(), id="removed-destroy-after-timeout"),
+    pytest.param(DomainInputs(None, observed(power=Power.shutoff), now=0), [Act.undefine], Phase.removed, set(),
+                 id="removed-shutoff-undefined"),
+    pytest.param(DomainInputs(None, observed(owned=False), now=0), [], Phase.removed, set(),
+                 id="foreign-undeclared-untouched"),
+    pytest.param(DomainInputs(D, observed(owned=False), now=0), [], Phase.error, {Condition.conflict},
+                 id="declared-name-of-foreign-domain-is-conflict"),
+    pytest.param(DomainInputs(None, observed(), now=0, held=True), [], Phase.running, {Condition.held},
+                 id="broken-file-holds-removal"),
+    pytest.param(DomainInputs(D, observed(power=Power.paused), now=0), [], Phase.defined, {Condition.paused},
+                 id="paused-left-alone"),
+    pytest.param(DomainInputs(D, observed(power=Power.crashed), now=0), [Act.destroy, Act.start], Phase.running,
+                 set(), id="crashed-destroyed-and-started"),
+    pytest.param(DomainInputs(D, observed(), now=0, networks_waiting=("lab",)), [], Phase.running, set(),
+                 id="running-domain-ignores-network-wait"),
+    pytest.param(DomainInputs(D, None, now=0, networks_waiting=("lab",)), [Act.define, Act.set_autostart],
+                 Phase.defined, set(), id="start-waits-for-network"),
+    # nix disks
+    pytest.param(DomainInputs(D_NIX, None, now=0, overlays=(overlay(exists=False),)), [Act.build_image],
+                 Phase.building, set(), id="nix-first-build-requested"),
+    pytest.param(DomainInputs(D_NIX, None, now=0, overlays=(overlay(exists=False, build=BuildState(BuildPhase.building)),)),
+                 [], Phase.building, set(), id="nix-building-blocks-define"),
+    pytest.param(DomainInputs(D_NIX, None, now=0, overlays=(overlay(exists=False, build=BUILT_A),)),
+                 [Act.create_overlay, Act.define, Act.set_autostart, Act.start], Phase.running, set(),
+                 id="nix-built-overlay-then-define"),
+    pytest.param(DomainInputs(D_NIX, observed(D_NIX), now=0, overlays=(overlay(),)), [Act.build_image],
+                 Phase.running, set(), id="nix-existing-overlay-evaluated-in-background"),
+    pytest.param(DomainInputs(D_NIX, observed(D_NIX), now=0, overlays=(overlay(build=BUILT_A),)), [],
+                 Phase.running, set(), id="nix-same-image-nothing"),
+    pytest.param(DomainInputs(D_NIX, observed(D_NIX), now=0, overlays=(overlay(build=BUILT_B),)), [],
+                 Phase.running, {Condition.image_outdated}, id="nix-new-image-keeps-overlay"),
+    pytest.param(DomainInputs(D_NIX_RECREATE, observed(D_NIX_RECREATE), now=0, overlays=(overlay(build=BUILT_B, recreate=True),)),
+                 [Act.shutdown], Phase.stopping, set(), id="nix-recreate-stops-first"),
+    pytest.param(DomainInputs(D_NIX_RECREATE, observed(D_NIX_RECREATE, power=Power.shutoff), now=0,
+                              overlays=(overlay(build=BUILT_B, recreate=True),)),
+                 [Act.recreate_overlay, Act.start], Phase.running, set(), id="nix-recreate-when-off"),
+    pytest.param(DomainInputs(D_NIX, observed(D_NIX, power=Power.shutoff), now=0, overlays=(overlay(present=False),)),
+                 [Act.build_image], Phase.building, set(), id="nix-gc-d-base-rebuilt-before-start"),
+    pytest.param(DomainInputs(D_NIX, observed(D_NIX, power=Power.shutoff), now=0,
+                              overlays=(overlay(present=False, build=BUILT_A),)),
+                 [Act.start], Phase.running, set(), id="nix-rebuilt-same-path-starts"),
+    pytest.param(DomainInputs(D_NIX, observed(D_NIX, power=Power.shutoff), now=0,
+                              overlays=(overlay(present=False, build=BUILT_B),)),
+                 [], Phase.error, set(), id="nix-base-gone-new-image-refuses"),
+    pytest.param(DomainInputs(D_NIX, None, now=5, overlays=(overlay(exists=False, build=BuildState(
+        BuildPhase.failed, error="boom", retry_at=10)),)), [], Phase.error, set(), id="nix-failed-build-backs-off"),
+    pytest.param(DomainInputs(D_NIX, None, now=11, overlays=(overlay(exists=False, build=BuildState(
+        BuildPhase.failed, error="boom", retry_at=10)),)), [Act.build_image], Phase.error, set(),
+        id="nix-failed-build-retried-after-backoff"),
+]
+
+
+@pytest.mark.parametrize("inputs,actions,phase,conditions", CASES)
+def test_plan_domain(inputs, actions, phase, conditions):
+    plan = plan_domain(inputs)
+    assert kinds(plan) == actions
+    assert plan.phase == phase
+    assert set(plan.conditions) == conditions
+
+
+def test_plan_is_idempotent_once_the_world_matches():
+    """After carrying out a plan, the world it produces plans nothing."""
+    first = plan_domain(DomainInputs(D, None, now=0))
+    assert first.actions
+    after = observed(D)
+    assert plan_domain(DomainInputs(D, after, now=1)).actions == ()
+
+
+def test_shutdown_uses_domain_timeout():
+    d = desired(state="stopped", shutdownTimeout=10)
+    progress = ShutdownProgress(started_at=0, last_sent_at=9)
+    plan = plan_domain(DomainInputs(d, observed(d, autostart=False), now=10.5, shutdown=progress))
+    assert kinds(plan) == [Act.destroy]
+    early = plan_domain(DomainInputs(d, observed(d, autostart=False), now=9.5, shutdown=progress))
+    assert kinds(early) == [] and early.requeue_after == pytest.approx(0.5)
+
+
+NET = render_network("lab", Network.model_validate({"ip": {"address": "10.9.0.1"}}), {}, source_file="n.json")
+
+
+def net_observed(*, active=True, spec_hash=None, live=None, owned=True, fp="fp", actual="fp", autostart=True):
+    h = spec_hash or NET.spec_hash
+    return ObservedNetwork(name="lab", uuid=NET.uuid, active=active, owner=Owner("n.json", h, fp) if owned else None,
+                           live_spec_hash=(live or h) if active else None, fingerprint=actual, autostart=autostart)
+
+
+NET_CASES = [
+    pytest.param(NetworkInputs(NET, None), [Act.define, Act.set_autostart, Act.start], id="new-network"),
+    pytest.param(NetworkInputs(NET, net_observed()), [], id="network-in-sync"),
+    pytest.param(NetworkInputs(NET, net_observed(active=False)), [Act.start], id="network-restarted"),
+    pytest.param(NetworkInputs(NET, net_observed(spec_hash="old", live="old")),
+                 [Act.define, Act.destroy, Act.start, Act.reattach_nics], id="network-change-restarts-and-reattaches"),
+    pytest.param(NetworkInputs(None, net_observed()), [Act.destroy, Act.undefine], id="network-removed"),
+    pytest.param(NetworkInputs(None, net_observed(), used_by=("web",)), [], id="network-in-use-kept"),
+    pytest.param(NetworkInputs(None, net_observed(owned=False)), [], id="foreign-network-untouched"),
+    pytest.param(NetworkInputs(NET, net_observed(owned=False)), [], id="foreign-network-conflict"),
+]
+
+
+@pytest.mark.parametrize("inputs,actions", NET_CASES)
+def test_plan_network(inputs, actions):
+    assert kinds(plan_network(inputs)) == actions
+
+
+def test_network_in_use_says_by_whom():
+    plan = plan_network(NetworkInputs(None, net_observed(), used_by=("web", "db")))
+    assert Condition.in_use in plan.conditions and "db, web" in plan.message
+
+
+def test_inputs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DomainInputs(D, None, now=0).now = 1  # type: ignore[misc]

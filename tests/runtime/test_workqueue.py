@@ -1,0 +1,122 @@
+"""Work queue semantics, driven by an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from daemon.runtime.workqueue import AsyncWorkQueue, KeyQueue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def q(clock):
+    return KeyQueue(clock=clock, base_delay=1.0, max_delay=8.0)
+
+
+def drain(q):
+    out = []
+    while (key := q.pop_ready()) is not None:
+        out.append(key)
+    return out
+
+
+def test_key_added_twice_while_waiting_runs_once(q):
+    q.add("a")
+    q.add("a")
+    q.add("b")
+    assert drain(q) == ["a", "b"]
+    assert drain(q) == []
+
+
+def test_never_two_workers_on_one_key_and_readd_during_processing_runs_after(q):
+    q.add("a")
+    assert q.pop_ready() == "a"
+    q.add("a")  # an event arrives while "a" is being reconciled
+    assert q.pop_ready() is None  # not handed out while processing
+    q.done("a")
+    assert q.pop_ready() == "a"
+
+
+def test_delay_keeps_earliest_due_time(q, clock):
+    q.add("a", delay=10)
+    q.add("a", delay=2)
+    q.add("a", delay=50)
+    clock.now += 1.9
+    assert q.pop_ready() is None
+    clock.now += 0.2
+    assert q.pop_ready() == "a"
+
+
+def test_failures_back_off_exponentially_capped_and_forget_resets(q, clock):
+    delays = []
+    for _ in range(6):
+        q.add("a")
+        assert q.pop_ready() == "a"
+        delays.append(q.failed("a"))
+        q.done("a")
+        clock.now += delays[-1]
+    assert delays == [1, 2, 4, 8, 8, 8]
+    q.forget("a")
+    assert q.pop_ready() == "a"
+    assert q.failed("a") == 1
+
+
+def test_failed_honours_a_longer_requested_delay(q):
+    q.add("a")
+    q.pop_ready()
+    assert q.failed("a", delay=30) == 30
+
+
+def test_readd_during_processing_keeps_requested_delay(q, clock):
+    q.add("a")
+    q.pop_ready()
+    q.add("a", delay=5)
+    q.done("a")
+    assert q.pop_ready() is None
+    clock.now += 5
+    assert q.pop_ready() == "a"
+
+
+def test_order_is_by_due_time(q, clock):
+    q.add("late", delay=3)
+    q.add("soon", delay=1)
+    q.add("now")
+    clock.now += 5
+    assert drain(q) == ["now", "soon", "late"]
+
+
+async def test_async_get_wakes_on_add_and_on_due_time():
+    q = AsyncWorkQueue(base_delay=0.01)
+    getter = asyncio.create_task(q.get())
+    await asyncio.sleep(0.01)
+    assert not getter.done()
+    q.add("x")
+    assert await asyncio.wait_for(getter, 1) == "x"
+    q.done("x")
+    q.add("y", delay=0.05)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await asyncio.wait_for(q.get(), 1) == "y"
+    assert loop.time() - t0 >= 0.04
+
+
+async def test_async_close_releases_waiting_workers():
+    q = AsyncWorkQueue()
+    getters = [asyncio.create_task(q.get()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    q.close()
+    assert await asyncio.wait_for(asyncio.gather(*getters), 1) == [None, None, None]

@@ -37,18 +37,21 @@ class Memory:
     starts: dict[str, StartRecord] = field(default_factory=dict)
     removal_timeouts: dict[str, float] = field(default_factory=dict)
 
-    QUICK_DEATH = 60.0
+    QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
+
+    @staticmethod
+    def _backoff(count: int) -> float:
+        return 0.0 if count <= 1 else min(5.0 * 2 ** (count - 2), 300.0)
 
     def start_not_before(self, name: str) -> float:
+        """First restart at once; after repeated quick deaths 5 s, 10 s, ... up to 5 min."""
         rec = self.starts.get(name)
-        if rec is None or rec.count <= 1:
-            return 0.0
-        return rec.last + min(5.0 * 2 ** (rec.count - 2), 300.0)
+        return 0.0 if rec is None else rec.last + self._backoff(rec.count)
 
     def record_start(self, name: str, now: float) -> None:
         rec = self.starts.get(name)
-        quick = rec is not None and now - rec.last < self.QUICK_DEATH + (self.start_not_before(name) - rec.last)
-        self.starts[name] = StartRecord(count=rec.count + 1 if quick and rec else 1, last=now)
+        quick = rec is not None and now - rec.last < self.QUICK_DEATH + self._backoff(rec.count)
+        self.starts[name] = StartRecord(count=rec.count + 1 if rec is not None and quick else 1, last=now)
 
     def record_shutdown(self, name: str, now: float) -> None:
         prev = self.shutdowns.get(name)

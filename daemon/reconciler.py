@@ -61,7 +61,7 @@ class Reconciler:
         plan = await (self._domain(name) if kind == "domain" else self._network(name))
         log.log(
             20 if plan.actions else 10, "reconciled", **{kind: name}, phase=plan.phase.value,
-            actions=[str(a) for a in plan.actions], conditions=sorted(plan.conditions),
+            actions=[str(a) for a in plan.actions], conditions=sorted(c.value for c in plan.conditions),
             ms=round((time.monotonic() - started) * 1000, 1),
             **({"detail": plan.message} if plan.message and plan.actions else {}),
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from daemon.adapters.hypervisor import register_event_loop
 from daemon.app import Daemon
 from daemon.settings import Settings
 
@@ -49,7 +50,10 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def fresh_libvirt():
+async def fresh_libvirt():
+    # the event implementation must exist before the driver is first opened,
+    # or the test driver never dispatches its events
+    register_event_loop()
     conn = libvirt.open(TEST_URI)
     names = sorted(d.name() for d in conn.listAllDomains())
     assert names == ["test"], f"test driver state leaked from another test: {names}"

@@ -57,6 +57,16 @@ _aio_lock = threading.Lock()
 _aio_loop: asyncio.AbstractEventLoop | None = None
 
 
+def _with_flags_fallback(call: Callable[[int], Any], flags: int) -> Any:
+    """call(flags), or call(0) on drivers that do not know the flags (the test driver)."""
+    try:
+        return call(flags)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+            raise
+        return call(0)
+
+
 def _network_inactive_xml(net: Any) -> str:
     """The persistent definition; the test driver has no INACTIVE flag for networks."""
     try:
@@ -288,16 +298,19 @@ class Hypervisor:
     async def shutdown(self, name: str) -> None:
         """ACPI power button (the guest decides); re-sent by the reconciler until the timeout."""
         self._count("shutdown")
-        await self._run(lambda: self._c().lookupByName(name).shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN))
+        await self._run(lambda: _with_flags_fallback(
+            self._c().lookupByName(name).shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN))
 
     async def destroy(self, name: str) -> None:
         self._count("destroy")
-        await self._run(lambda: self._c().lookupByName(name).destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
+        await self._run(lambda: _with_flags_fallback(
+            self._c().lookupByName(name).destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
 
     async def undefine(self, name: str) -> None:
         """Undefine, keeping NVRAM and TPM state; disks are never touched by libvirt here."""
         self._count("undefine")
-        await self._run(lambda: self._c().lookupByName(name).undefineFlags(UNDEFINE_FLAGS))
+        # without KEEP_NVRAM (drivers that lack the flag) libvirt refuses to drop NVRAM, never deletes it
+        await self._run(lambda: _with_flags_fallback(self._c().lookupByName(name).undefineFlags, UNDEFINE_FLAGS))
 
     # ---- network writes -------------------------------------------------------------
     async def define_network(self, xml: str) -> str:

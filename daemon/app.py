@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Hashable
@@ -223,7 +224,7 @@ class Daemon:
     # ---- lifecycle --------------------------------------------------------------------
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload, True)
+        loop.add_signal_handler(signal.SIGHUP, functools.partial(self.request_reload, explicit=True))
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
 
@@ -277,5 +278,6 @@ class Daemon:
 
     async def _announce_ready(self) -> None:
         await self.ready.wait()
+        self.status.flush()
         self.notifier.ready(self.status.summary())
         log.info("daemon_ready", summary=self.status.summary())

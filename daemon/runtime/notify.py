@@ -20,24 +20,33 @@ class Notifier:
         self._sd = sdnotify.SystemdNotifier(debug=False) if self.enabled else None
         self._last_status: str | None = None
 
-    def send(self, *fields: str) -> None:
-        if self._sd is not None:
-            self._sd.notify("\n".join(fields))
+    def send(self, *fields: str, important: bool = False) -> bool:
+        """Send one datagram. A unix datagram send blocks while the receiver's queue is
+        full, which would freeze the event loop: status and watchdog messages are
+        dropped then (the next one follows soon); state changes wait up to 2 s."""
+        sock = getattr(self._sd, "socket", None)  # sdnotify's connected socket
+        if sock is None:
+            return False
+        sock.settimeout(2.0 if important else 0.0)
+        try:
+            sock.sendall("\n".join(fields).encode())
+            return True
+        except OSError:
+            return False  # like sd_notify(3): a missing or busy systemd is not our error
 
     def ready(self, status: str | None = None) -> None:
-        self.send("READY=1", *([f"STATUS={status}"] if status else []))
+        self.send("READY=1", *([f"STATUS={status}"] if status else []), important=True)
 
     def reloading(self) -> None:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", important=True)
 
     def stopping(self) -> None:
-        self.send("STOPPING=1")
+        self.send("STOPPING=1", important=True)
 
     def status(self, text: str) -> None:
-        if text != self._last_status:
+        if text != self._last_status and self.send(f"STATUS={text}"):
             self._last_status = text
-            self.send(f"STATUS={text}")
 
     def watchdog_interval(self) -> float | None:
         """Half of WATCHDOG_USEC when the watchdog is meant for this process, else None."""

@@ -30,7 +30,7 @@ class _Handler(FileSystemEventHandler):
         paths = [os.fsdecode(event.src_path)]
         if getattr(event, "dest_path", None):
             paths.append(os.fsdecode(event.dest_path))
-        if any(self.watcher.relevant(p) for p in paths):
+        if any(self.watcher.relevant(p, event.event_type) for p in paths):
             self.watcher.loop.call_soon_threadsafe(self.watcher.poke)
 
 
@@ -44,10 +44,10 @@ class ConfigDirWatcher:
         self._dir_watch = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def relevant(self, path: str) -> bool:
+    def relevant(self, path: str, event_type: str = "modified") -> bool:
         p = Path(path)
-        if p == self.directory:
-            return True  # the directory itself came, went or was replaced
+        if p == self.directory:  # the directory itself came, went or was replaced
+            return event_type in ("created", "deleted", "moved")
         return p.parent == self.directory and is_config_name(p.name)
 
     def start(self) -> None:

@@ -1,0 +1,99 @@
+"""Fixtures for tests against the real libvirtd (qemu:///system), started by .ci/run.
+
+Objects these tests create are named nvt-*; they are destroyed and undefined
+after each test, whatever happened, so a failed test leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from daemon.adapters.hypervisor import register_event_loop
+
+SYSTEM_URI = "qemu:///system"
+PREFIX = "nvt-"
+
+
+def _remove_domain(dom) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+
+def cleanup(conn) -> None:
+    doms = [d for d in conn.listAllDomains() if d.name().startswith(PREFIX)]
+    with ThreadPoolExecutor(8) as pool:  # a destroy takes a second or two: do them together
+        list(pool.map(_remove_domain, doms))
+    for net in conn.listAllNetworks():
+        if net.name().startswith(PREFIX):
+            with contextlib.suppress(libvirt.libvirtError):
+                net.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                net.undefine()
+
+
+@pytest.fixture
+def system_cleanup():
+    """For tests that drive nvirtd as a subprocess: clean nvt-* objects before and after."""
+    conn = libvirt.open(SYSTEM_URI)
+    cleanup(conn)
+    yield
+    cleanup(conn)
+    conn.close()
+
+
+@pytest.fixture
+async def system_conn():
+    register_event_loop()
+    try:
+        conn = libvirt.open(SYSTEM_URI)
+    except libvirt.libvirtError as exc:
+        pytest.fail(f"the real libvirtd is not reachable at {SYSTEM_URI} ({exc}); run scripts/start-libvirtd")
+    cleanup(conn)
+    yield conn
+    try:
+        cleanup(conn)
+    except libvirt.libvirtError:  # a test restarted libvirtd: reconnect to clean up
+        conn = libvirt.open(SYSTEM_URI)
+        cleanup(conn)
+    conn.close()
+
+
+@pytest.fixture
+def system_settings(settings, dirs):
+    images = Path("/var/lib/libvirt/images/nvirtd-tests") / dirs["state"].parent.name
+    images.mkdir(parents=True, exist_ok=True)
+    yield replace(settings, uri=SYSTEM_URI, images_dir=str(images))
+    subprocess.run(["rm", "-rf", str(images)], check=False)
+
+
+def qcow2(path: Path, size: str = "64M") -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
+    return path
+
+
+def qemu_pids(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"guest={name},"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def restart_libvirtd() -> None:
+    subprocess.run(["/etc/init.d/libvirtd", "restart"], check=True, capture_output=True)
+    for _ in range(100):
+        if subprocess.run(["virsh", "-c", SYSTEM_URI, "version"], capture_output=True).returncode == 0:
+            return
+        import time
+        time.sleep(0.1)
+    raise AssertionError("libvirtd did not come back")
+
+
+os.environ.setdefault("LIBVIRT_DEFAULT_URI", SYSTEM_URI)

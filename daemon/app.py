@@ -41,6 +41,8 @@ class Daemon:
         self.hv = Hypervisor(settings.uri, threads=settings.workers + 2)
         self.queue = AsyncWorkQueue()
         self.status = StatusStore(settings.state_dir)
+        self._status_dirty = asyncio.Event()
+        self.status.on_dirty = self._status_dirty.set
         self.images = Images(state_dir=settings.state_dir, build_command=settings.build_command,
                              jobs=settings.build_jobs, on_built=self._build_finished, build_env=build_env)
         self.reconciler = Reconciler(self.hv, self.images, self.status, images_dir=settings.images_dir)
@@ -99,6 +101,7 @@ class Daemon:
     def _finish_reload(self, started_wall: float, errors: list[str]) -> None:
         self.status.reload = {"generation": self.status.reload["generation"] + 1, "started_at": started_wall,
                               "finished_at": time.time(), "errors": errors}
+        self.status.mark_dirty()
         self.status.flush()
 
     @staticmethod
@@ -214,7 +217,11 @@ class Daemon:
                     self.converged.clear()
 
     async def _status_loop(self) -> None:
+        """Write status.json and STATUS= when something changed, at most twice a second;
+        an idle daemon does not wake up for it."""
         while not self.stop_event.is_set():
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
             self.status.flush()
             self.notifier.status(self.status.summary())
             with contextlib.suppress(TimeoutError):
@@ -264,6 +271,7 @@ class Daemon:
                     task.cancel()
                 self._reload_wanted.set()
                 self._lost.set()
+                self._status_dirty.set()
                 for task in helpers:
                     if task.get_name() != "_status_loop":
                         task.cancel()

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from collections.abc import Callable
 
 from .runtime.atomicfile import atomic_write
 
@@ -41,6 +42,11 @@ class StatusStore:
         self.reload: dict[str, Any] = {"generation": 0, "finished_at": None, "errors": []}
         self.daemon: dict[str, Any] = {"pid": os.getpid(), "started_at": time.time()}
         self.dirty = True
+        self.on_dirty: Callable[[], None] = lambda: None
+
+    def mark_dirty(self) -> None:
+        self.dirty = True
+        self.on_dirty()
 
     def update(self, kind: str, name: str, **values: Any) -> Entry:
         entry = self.entries.get((kind, name))
@@ -51,12 +57,14 @@ class StatusStore:
             setattr(entry, key, value)
         if (entry.phase, entry.conditions, entry.message, entry.error) != before:
             entry.changed_at = time.time()
-        self.dirty = True
+            self.mark_dirty()
+        elif values.get("disks") is not None or values.get("last_actions"):
+            self.mark_dirty()
         return entry
 
     def remove(self, kind: str, name: str) -> None:
         if self.entries.pop((kind, name), None) is not None:
-            self.dirty = True
+            self.mark_dirty()
 
     def summary(self) -> str:
         domains = [e for e in self.entries.values() if e.kind == "domain"]

@@ -6,8 +6,11 @@
   message. Nothing above this module catches libvirtError.
 - Mutating calls are counted per kind (`mutations`), so tests and the benchmark can
   prove that an unchanged config costs zero of them.
-- libvirtaio is registered once per process, before the first connection, so that
-  lifecycle events arrive on the asyncio loop.
+- libvirt's own event loop runs in one dedicated thread, started once per process
+  before the first connection; event callbacks hop to the asyncio loop with
+  call_soon_threadsafe. (libvirtaio, which runs libvirt's I/O on the asyncio loop,
+  was measured and dropped: every RPC reply then passes through the one Python
+  loop thread, and 8 worker threads got no faster than 1; see docs/design.md.)
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import libvirt
-import libvirtaio
 
-from ..core.observed import ObservedDomain, ObservedNetwork, Power
+from ..core.observed import ObservedDomain, Power
 from ..core.ownership import NAMESPACE, PREFIX, Owner, fingerprint, owner_xml, parse_owner, parse_owner_element
 from ..core.spec import VirtType
 from ..errors import ConnectionLost, TemporaryError
+from .hypervisor_networks import NetworkOps
 
 T = TypeVar("T")
 _POWER = {
@@ -53,8 +56,8 @@ MUTATING = frozenset({
 })
 UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)
 
-_aio_lock = threading.Lock()
-_aio_loop: asyncio.AbstractEventLoop | None = None
+_event_lock = threading.Lock()
+_event_thread: threading.Thread | None = None
 
 
 def _with_flags_fallback(call: Callable[[int], Any], flags: int) -> Any:
@@ -67,35 +70,32 @@ def _with_flags_fallback(call: Callable[[int], Any], flags: int) -> Any:
         return call(0)
 
 
-def _network_inactive_xml(net: Any) -> str:
-    """The persistent definition; the test driver has no INACTIVE flag for networks."""
-    try:
-        return net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
-            raise
-        return net.XMLDesc(0)
-
-
 class HypervisorError(TemporaryError):
     """libvirt refused or failed an operation; retried with backoff."""
 
 
 def register_event_loop() -> None:
-    """Route libvirt's events through the running asyncio loop (once per process)."""
-    global _aio_loop
-    with _aio_lock:
-        if _aio_loop is None:
-            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors come as exceptions
-            _aio_loop = asyncio.get_running_loop()
-            libvirtaio.virEventRegisterAsyncIOImpl(loop=_aio_loop)
+    """Start libvirt's event loop thread (once per process, before any connection)."""
+    global _event_thread
+    with _event_lock:
+        if _event_thread is not None:
+            return
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors come as exceptions
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        _event_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        _event_thread.start()
 
 
 def _no_object(exc: libvirt.libvirtError) -> bool:
     return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK)
 
 
-class Hypervisor:
+class Hypervisor(NetworkOps):
     def __init__(self, uri: str, *, threads: int = 8) -> None:
         self.uri = uri
         self.conn: libvirt.virConnect | None = None
@@ -106,6 +106,8 @@ class Hypervisor:
         self.on_domain_event: Callable[[str, str], None] = lambda name, event: None
         self.on_network_event: Callable[[str], None] = lambda name: None
         self.on_close: Callable[[str], None] = lambda reason: None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._doms: dict[str, Any] = {}  # name -> virDomain: saves a lookup RPC per call
 
     # ---- plumbing -------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -137,6 +139,7 @@ class Hypervisor:
 
     async def connect(self) -> None:
         register_event_loop()
+        self._loop = asyncio.get_running_loop()
         self.conn = await self._run(libvirt.open, self.uri)
         conn = self.conn
         try:
@@ -163,6 +166,7 @@ class Hypervisor:
             except libvirt.libvirtError:
                 pass
         self._callback_ids = []
+        self._doms.clear()
         try:
             conn.unregisterCloseCallback()
         except libvirt.libvirtError:
@@ -175,19 +179,40 @@ class Hypervisor:
     def shutdown_pool(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    # the callbacks run in libvirt's event thread: hand over to the asyncio loop
+    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
     def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
-        self.on_close({0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client closed"}.get(reason, str(reason)))
+        why = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client closed"}.get(reason, str(reason))
+        self._to_loop(self.on_close, why)
 
     def _domain_event(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
-        self.on_domain_event(dom.name(), DOMAIN_EVENTS.get(event, str(event)))
+        self._to_loop(self.on_domain_event, dom.name(), DOMAIN_EVENTS.get(event, str(event)))
 
     def _network_event(self, _conn: Any, net: Any, _event: int, _detail: int, _opaque: Any) -> None:
-        self.on_network_event(net.name())
+        self._to_loop(self.on_network_event, net.name())
 
     def _c(self) -> libvirt.virConnect:
         if self.conn is None:
             raise ConnectionLost(f"not connected to {self.uri}", delay=1.0)
         return self.conn
+
+    def _on_dom(self, name: str, fn: Callable[[Any], T]) -> T:
+        """fn(domain handle), looked up once and cached; a stale handle (the name now
+        belongs to another UUID) is dropped and looked up again."""
+        dom = self._doms.get(name)
+        if dom is not None:
+            try:
+                return fn(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                self._doms.pop(name, None)
+        dom = self._c().lookupByName(name)
+        self._doms[name] = dom
+        return fn(dom)
 
     # ---- reads ----------------------------------------------------------------------
     async def default_virt_type(self) -> VirtType:
@@ -211,56 +236,37 @@ class Hypervisor:
 
     def _observe_domain(self, name: str) -> ObservedDomain | None:
         try:
-            dom = self._c().lookupByName(name)
-            state = dom.state()[0]
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-            power = _POWER.get(state, Power.other)
-            owner = parse_owner(xml)
-            live_hash = None
-            if owner is not None and power.active:
-                try:
-                    live = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    live_owner = parse_owner_element(live)
-                    live_hash = live_owner.spec_hash if live_owner else ""
-                except libvirt.libvirtError as exc:
-                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-                        raise
-                    live_hash = ""  # running with a definition that was not ours
-            persistent = dom.isPersistent() == 1
-            autostart = persistent and dom.autostart() == 1
+            return self._on_dom(name, self._observe_handle)
         except libvirt.libvirtError as exc:
             if _no_object(exc):
+                self._doms.pop(name, None)
                 return None
             raise
+
+    def _observe_handle(self, dom: Any) -> ObservedDomain:
+        name = dom.name()
+        state = dom.state()[0]
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        power = _POWER.get(state, Power.other)
+        owner = parse_owner(xml)
+        live_hash = None
+        if owner is not None and power.active:
+            try:
+                live = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                live_owner = parse_owner_element(live)
+                live_hash = live_owner.spec_hash if live_owner else ""
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                    raise
+                live_hash = ""  # running with a definition that was not ours
+        # a transient domain vanishes when it stops: only an active one can be transient
+        persistent = not power.active or dom.isPersistent() == 1
+        autostart = persistent and dom.autostart() == 1
         root = ET.fromstring(xml)
         nets = tuple(s.get("network", "") for s in root.findall("./devices/interface[@type='network']/source"))
         return ObservedDomain(
             name=name, uuid=root.findtext("uuid") or "", power=power, owner=owner, live_spec_hash=live_hash,
             fingerprint=fingerprint(xml), autostart=autostart, persistent=persistent, networks=nets,
-        )
-
-    async def observe_network(self, name: str) -> ObservedNetwork | None:
-        return await self._run(self._observe_network, name)
-
-    def _observe_network(self, name: str) -> ObservedNetwork | None:
-        try:
-            net = self._c().networkLookupByName(name)
-            active = net.isActive() == 1
-            xml = _network_inactive_xml(net)
-            owner = parse_owner(xml)
-            live_hash = None
-            if active and owner is not None:
-                live_owner = parse_owner(net.XMLDesc(0))
-                live_hash = live_owner.spec_hash if live_owner else ""
-            persistent = net.isPersistent() == 1
-            autostart = persistent and net.autostart() == 1
-        except libvirt.libvirtError as exc:
-            if _no_object(exc):
-                return None
-            raise
-        return ObservedNetwork(
-            name=name, uuid=ET.fromstring(xml).findtext("uuid") or "", active=active, owner=owner,
-            live_spec_hash=live_hash, fingerprint=fingerprint(xml), autostart=autostart, persistent=persistent,
         )
 
     async def domains_using_network(self, network: str) -> list[str]:
@@ -280,6 +286,7 @@ class Hypervisor:
 
         def define() -> str:
             dom = self._c().defineXML(xml)
+            self._doms[dom.name()] = dom
             fp = fingerprint(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             recorded = Owner(file=owner.file, spec_hash=owner.spec_hash, fingerprint=fp)
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(recorded), PREFIX, NAMESPACE,
@@ -289,92 +296,26 @@ class Hypervisor:
 
     async def set_autostart(self, name: str, on: bool) -> None:
         self._count("set_autostart")
-        await self._run(lambda: self._c().lookupByName(name).setAutostart(1 if on else 0))
+        await self._run(self._on_dom, name, lambda d: d.setAutostart(1 if on else 0))
 
     async def start(self, name: str) -> None:
         self._count("start")
-        await self._run(lambda: self._c().lookupByName(name).create())
+        await self._run(self._on_dom, name, lambda d: d.create())
 
     async def shutdown(self, name: str) -> None:
         """ACPI power button (the guest decides); re-sent by the reconciler until the timeout."""
         self._count("shutdown")
-        await self._run(lambda: _with_flags_fallback(
-            self._c().lookupByName(name).shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN))
+        await self._run(self._on_dom, name, lambda d: _with_flags_fallback(
+            d.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN))
 
     async def destroy(self, name: str) -> None:
         self._count("destroy")
-        await self._run(lambda: _with_flags_fallback(
-            self._c().lookupByName(name).destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
+        await self._run(self._on_dom, name, lambda d: _with_flags_fallback(
+            d.destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
 
     async def undefine(self, name: str) -> None:
         """Undefine, keeping NVRAM and TPM state; disks are never touched by libvirt here."""
         self._count("undefine")
         # without KEEP_NVRAM (drivers that lack the flag) libvirt refuses to drop NVRAM, never deletes it
-        await self._run(lambda: _with_flags_fallback(self._c().lookupByName(name).undefineFlags, UNDEFINE_FLAGS))
-
-    # ---- network writes -------------------------------------------------------------
-    async def define_network(self, xml: str) -> str:
-        """Define and return the fingerprint; the owner element goes in with the XML itself.
-
-        libvirt 9.0 has no virNetworkSetMetadata, so the fingerprint is recorded by
-        defining a second time with it (libvirt's expansion is stable).
-        """
-        self._count("define_network")
-
-        def define() -> str:
-            conn = self._c()
-            net = conn.networkDefineXML(xml)
-            inactive = _network_inactive_xml(net)
-            fp = fingerprint(inactive)
-            root = ET.fromstring(inactive)
-            owner = root.find(f"metadata/{{{NAMESPACE}}}owner")
-            if owner is not None:
-                owner.set("fingerprint", fp)
-                conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
-            return fp
-        return await self._run(define)
-
-    async def set_network_autostart(self, name: str, on: bool) -> None:
-        self._count("set_network_autostart")
-        await self._run(lambda: self._c().networkLookupByName(name).setAutostart(1 if on else 0))
-
-    async def start_network(self, name: str) -> None:
-        self._count("start_network")
-        await self._run(lambda: self._c().networkLookupByName(name).create())
-
-    async def destroy_network(self, name: str) -> None:
-        self._count("destroy_network")
-        await self._run(lambda: self._c().networkLookupByName(name).destroy())
-
-    async def undefine_network(self, name: str) -> None:
-        self._count("undefine_network")
-        await self._run(lambda: self._c().networkLookupByName(name).undefine())
-
-    async def reattach_nics(self, network: str) -> list[str]:
-        """Plug the running guests' NICs on `network` back in after it was restarted.
-
-        Detach + attach of the live device with the same MAC: the guest sees a link
-        flap and keeps its address (static leases follow the MAC).
-        """
-        self._count("reattach_nics")
-
-        def reattach() -> list[str]:
-            done = []
-            for dom in self._c().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                root = ET.fromstring(dom.XMLDesc(0))
-                for iface in root.findall("./devices/interface[@type='network']"):
-                    source = iface.find("source")
-                    if source is None or source.get("network") != network:
-                        continue
-                    for drop in ("target", "alias", "address"):
-                        for el in iface.findall(drop):
-                            iface.remove(el)
-                    device = ET.tostring(iface, encoding="unicode")
-                    try:
-                        dom.detachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    except libvirt.libvirtError:
-                        pass  # already gone with the old bridge
-                    dom.attachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    done.append(dom.name())
-            return done
-        return await self._run(reattach)
+        await self._run(self._on_dom, name, lambda d: _with_flags_fallback(d.undefineFlags, UNDEFINE_FLAGS))
+        self._doms.pop(name, None)

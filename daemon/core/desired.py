@@ -35,12 +35,18 @@ class Rendered:
 
 
 def render_all(state: DesiredState, ctx: RenderContext, previous: Rendered | None = None) -> Rendered:
+    """Render every declared object; `previous` (same ctx) lets unchanged domains be reused."""
     domains: dict[str, RenderedDomain] = {}
     networks: dict[str, RenderedNetwork] = {}
     errors: list[ConfigError] = []
     held: set[tuple[str, str]] = set()
     specs: dict[str, Domain] = {n: d.spec for n, d in state.domains.items()}  # type: ignore[misc]
+    reuse = previous.domains if previous is not None else {}
     for name, decl in state.domains.items():
+        old = reuse.get(name)
+        if old is not None and old.source_file == decl.file and (old.spec is decl.spec or old.spec == decl.spec):
+            domains[name] = old  # unchanged: a no-op reload of 1,000 domains renders nothing
+            continue
         try:
             domains[name] = render_domain(name, decl.spec, ctx, source_file=decl.file)  # type: ignore[arg-type]
         except ValueError as exc:

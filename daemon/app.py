@@ -145,7 +145,7 @@ class Daemon:
         log.info("resync_queued", keys=len(keys))
 
     async def _connect(self) -> None:
-        libvirt_events.wire(self.hv, self.queue.add, self._connection_lost)
+        libvirt_events.wire(self.hv, self.queue.add, self._connection_lost, self.reconciler.expectations)
         await self.hv.connect()
         if self._ctx is None:
             virt = self.settings.virt_type
@@ -217,7 +217,7 @@ class Daemon:
                     self.converged.clear()
 
     async def _status_loop(self) -> None:
-        """Write status.json and STATUS= when something changed, at most twice a second;
+        """Write status.json and STATUS= when something changed, at most once a second;
         an idle daemon does not wake up for it."""
         while not self.stop_event.is_set():
             await self._status_dirty.wait()
@@ -225,7 +225,7 @@ class Daemon:
             self.status.flush()
             self.notifier.status(self.status.summary())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), 0.5)
+                await asyncio.wait_for(self.stop_event.wait(), 1.0)
         self.status.flush()
 
     # ---- lifecycle --------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .core.domain_xml import RenderedDomain
 from .core.network_xml import RenderedNetwork
 from .core.ownership import Owner
 from .core.plan import Act, Action, ShutdownProgress
+from .runtime.expectations import Expectations
 
 log = structlog.get_logger("nvirtd.executor")
 
@@ -58,16 +59,29 @@ class Memory:
         self.shutdowns[name] = ShutdownProgress(started_at=prev.started_at if prev else now, last_sent_at=now)
 
 
+# libvirt events a successful action causes: they confirm what we did, nothing more
+# (qemu emits RESUMED before STARTED on start)
+CONFIRMING_EVENTS = {Act.define: ("defined",), Act.start: ("resumed", "started")}
+
+
 class DomainExecutor:
-    def __init__(self, hv: Hypervisor, images: Images, memory: Memory, *, images_dir: str) -> None:
+    def __init__(self, hv: Hypervisor, images: Images, memory: Memory, *, images_dir: str,
+                 expectations: Expectations | None = None) -> None:
         self.hv = hv
         self.images = images
         self.memory = memory
         self.images_dir = images_dir
+        self.expectations = expectations or Expectations()
 
     async def run(self, name: str, actions: tuple[Action, ...], desired: RenderedDomain | None) -> None:
         for action in actions:
-            await self._one(name, action, desired)
+            events = CONFIRMING_EVENTS.get(action.kind, ())
+            self.expectations.expect(("domain", name), *events)
+            try:
+                await self._one(name, action, desired)
+            except BaseException:
+                self.expectations.forget(("domain", name), *events)
+                raise
             log.info(f"domain_{action.kind.value.replace('-', '_')}", domain=name,
                      **({"disk": action.disk} if action.disk else {}))
 

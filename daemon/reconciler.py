@@ -19,9 +19,10 @@ from .adapters.images import Images
 from .core import identity
 from .core.desired import Rendered
 from .core.observed import OverlayState
-from .core.plan import DomainInputs, NetworkInputs, Phase, Plan, plan_domain, plan_network
+from .core.plan import Act, DomainInputs, NetworkInputs, Phase, Plan, plan_domain, plan_network
 from .core.spec import DiskType
 from .executor import DomainExecutor, Memory, NetworkExecutor
+from .runtime.expectations import Expectations
 from .status import StatusStore
 
 log = structlog.get_logger("nvirtd.reconciler")
@@ -38,7 +39,9 @@ class Reconciler:
         self.images_dir = images_dir
         self.memory = Memory()
         self.desired: Rendered | None = None
-        self.domains = DomainExecutor(hv, images, self.memory, images_dir=images_dir)
+        self.expectations = Expectations()
+        self.domains = DomainExecutor(hv, images, self.memory, images_dir=images_dir,
+                                      expectations=self.expectations)
         self.networks = NetworkExecutor(hv)
         self.passes = 0
         self.enqueue: Callable[[Key], None] = lambda key: None
@@ -107,6 +110,8 @@ class Reconciler:
             plan = Plan(phase=Phase.error, message="; ".join(missing))
         if not self.dry_run:
             await self.domains.run(name, plan.actions, desired)
+            if any(a.kind in (Act.create_overlay, Act.recreate_overlay) for a in plan.actions):
+                _, disks_report = await self._overlays(name, desired)
         self._report("domain", name, plan, source, disks=disks_report)
         if plan.phase == Phase.removed:
             self.memory.starts.pop(name, None)

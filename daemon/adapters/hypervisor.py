@@ -108,6 +108,9 @@ class Hypervisor(NetworkOps):
         self.on_close: Callable[[str], None] = lambda reason: None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._doms: dict[str, Any] = {}  # name -> virDomain: saves a lookup RPC per call
+        # every domain name libvirt has, from the last full listing plus the events since:
+        # a name not in it needs no lookup RPC to learn that it does not exist
+        self.known: set[str] | None = None
 
     # ---- plumbing -------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -167,6 +170,7 @@ class Hypervisor(NetworkOps):
                 pass
         self._callback_ids = []
         self._doms.clear()
+        self.known = None  # events may be missed while disconnected: list again
         try:
             conn.unregisterCloseCallback()
         except libvirt.libvirtError:
@@ -189,7 +193,15 @@ class Hypervisor(NetworkOps):
         self._to_loop(self.on_close, why)
 
     def _domain_event(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
-        self._to_loop(self.on_domain_event, dom.name(), DOMAIN_EVENTS.get(event, str(event)))
+        self._to_loop(self._note_domain_event, dom.name(), DOMAIN_EVENTS.get(event, str(event)))
+
+    def _note_domain_event(self, name: str, event: str) -> None:
+        if self.known is not None:
+            if event == "undefined":
+                self.known.discard(name)
+            else:
+                self.known.add(name)
+        self.on_domain_event(name, event)
 
     def _network_event(self, _conn: Any, net: Any, _event: int, _detail: int, _opaque: Any) -> None:
         self._to_loop(self.on_network_event, net.name())
@@ -226,12 +238,16 @@ class Hypervisor(NetworkOps):
         return VirtType.qemu
 
     async def list_domains(self) -> list[str]:
-        return await self._run(lambda: [d.name() for d in self._c().listAllDomains()])
+        names = await self._run(lambda: [d.name() for d in self._c().listAllDomains()])
+        self.known = set(names)
+        return names
 
     async def list_networks(self) -> list[str]:
         return await self._run(lambda: [n.name() for n in self._c().listAllNetworks()])
 
     async def observe_domain(self, name: str) -> ObservedDomain | None:
+        if self.known is not None and name not in self.known and name not in self._doms:
+            return None
         return await self._run(self._observe_domain, name)
 
     def _observe_domain(self, name: str) -> ObservedDomain | None:
@@ -287,6 +303,8 @@ class Hypervisor(NetworkOps):
         def define() -> str:
             dom = self._c().defineXML(xml)
             self._doms[dom.name()] = dom
+            if self.known is not None:
+                self.known.add(dom.name())
             fp = fingerprint(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             recorded = Owner(file=owner.file, spec_hash=owner.spec_hash, fingerprint=fp)
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(recorded), PREFIX, NAMESPACE,

@@ -9,7 +9,8 @@ before the ownership metadata is attached) is the domain's spec hash.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import PurePosixPath
 
 from . import identity
@@ -29,14 +30,21 @@ class RenderContext:
     state_dir: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RenderedDomain:
+    """What libvirt should hold. The XML text is made on first use (only a define
+    needs it), so a reload that re-renders many objects only pays for the hash."""
+
     name: str
     uuid: str
-    xml: str
     spec_hash: str
     source_file: str
     spec: Domain
+    tree: ET.Element = field(compare=False, repr=False)
+
+    @cached_property
+    def xml(self) -> str:
+        return to_string(self.tree)
 
     @property
     def autostart(self) -> bool:
@@ -120,7 +128,7 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
 
     digest = spec_hash(root)
     attach_owner(root, Owner(file=source_file, spec_hash=digest))
-    return RenderedDomain(name=name, uuid=uuid, xml=to_string(root), spec_hash=digest,
+    return RenderedDomain(name=name, uuid=uuid, tree=root, spec_hash=digest,
                           source_file=source_file, spec=spec)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping
 
 from . import identity
@@ -20,14 +21,21 @@ from .xmlbuild import sub, to_string
 from .spec import Domain, ForwardMode, Network
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RenderedNetwork:
+    """What libvirt should hold. The XML text is made on first use (only a define
+    needs it), so a reload that re-renders many objects only pays for the hash."""
+
     name: str
     uuid: str
-    xml: str
     spec_hash: str
     source_file: str
     spec: Network
+    tree: ET.Element = field(compare=False, repr=False)
+
+    @cached_property
+    def xml(self) -> str:
+        return to_string(self.tree)
 
 
 def nics_on(network: str, domains: Mapping[str, Domain]) -> dict[str, list[tuple[str, str]]]:
@@ -87,5 +95,5 @@ def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, s
                 sub(dhcp, "host", **attrs)
     digest = spec_hash(root)
     attach_owner(root, Owner(file=source_file, spec_hash=digest))
-    return RenderedNetwork(name=name, uuid=uuid, xml=to_string(root), spec_hash=digest,
+    return RenderedNetwork(name=name, uuid=uuid, tree=root, spec_hash=digest,
                            source_file=source_file, spec=spec)

@@ -7,14 +7,20 @@ from collections.abc import Callable, Hashable
 import structlog
 
 from ..adapters.hypervisor import Hypervisor
+from ..runtime.expectations import Expectations
 
 log = structlog.get_logger("nvirtd.events")
 
 
-def wire(hv: Hypervisor, enqueue: Callable[[Hashable], None], on_lost: Callable[[str], None]) -> None:
+def wire(hv: Hypervisor, enqueue: Callable[[Hashable], None], on_lost: Callable[[str], None],
+         expectations: Expectations | None = None) -> None:
     def domain_event(name: str, event: str) -> None:
+        key = ("domain", name)
+        if expectations is not None and expectations.consume(key, event):
+            log.debug("libvirt_domain_event", domain=name, lifecycle=event, expected=True)
+            return
         log.debug("libvirt_domain_event", domain=name, lifecycle=event)
-        enqueue(("domain", name))
+        enqueue(key)
 
     def network_event(name: str) -> None:
         log.debug("libvirt_network_event", network=name)

@@ -45,7 +45,8 @@ class Daemon:
         self.status.on_dirty = self._status_dirty.set
         self.images = Images(state_dir=settings.state_dir, build_command=settings.build_command,
                              jobs=settings.build_jobs, on_built=self._build_finished, build_env=build_env)
-        self.reconciler = Reconciler(self.hv, self.images, self.status, images_dir=settings.images_dir)
+        self.reconciler = Reconciler(self.hv, self.images, self.status, images_dir=settings.images_dir,
+                                     state_dir=settings.state_dir)
         self.reconciler.enqueue = self.queue.add
         self.reader = ConfigReader(settings.config_dir, trust_checks=settings.trust_checks)
         self.notifier = Notifier()

@@ -7,15 +7,17 @@ given; everything else it learns again from libvirt on the next pass.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 import structlog
 
+from .adapters import hostnet
 from .adapters.hypervisor import Hypervisor
 from .adapters.images import Images
 from .core import identity
-from .core.domain_xml import RenderedDomain
+from .core.domain_xml import RenderedDomain, console_log_path
 from .core.network_xml import RenderedNetwork
 from .core.ownership import Owner
 from .core.plan import Act, Action, ShutdownProgress
@@ -65,9 +67,10 @@ CONFIRMING_EVENTS = {Act.define: ("defined",), Act.start: ("resumed", "started")
 
 
 class DomainExecutor:
-    def __init__(self, hv: Hypervisor, images: Images, memory: Memory, *, images_dir: str,
+    def __init__(self, hv: Hypervisor, images: Images, memory: Memory, *, images_dir: str, state_dir: str,
                  expectations: Expectations | None = None) -> None:
         self.hv = hv
+        self.state_dir = state_dir
         self.images = images
         self.memory = memory
         self.images_dir = images_dir
@@ -101,6 +104,8 @@ class DomainExecutor:
                 await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
             case Act.define:
                 assert desired is not None
+                if desired.spec.console_log:  # virtlogd writes it, into a directory that must exist
+                    os.makedirs(os.path.dirname(console_log_path(self.state_dir, name)), exist_ok=True)
                 await self.hv.define_domain(desired.xml, Owner(file=desired.source_file, spec_hash=desired.spec_hash))
             case Act.set_autostart:
                 await self.hv.set_autostart(name, bool(action.value))
@@ -137,8 +142,10 @@ class NetworkExecutor:
                 case Act.undefine:
                     await self.hv.undefine_network(name)
                 case Act.reattach_nics:
-                    domains = await self.hv.reattach_nics(name)
-                    log.info("network_nics_reattached", network=name, domains=domains)
+                    bridge, taps = await self.hv.network_taps(name)
+                    for domain, tap in taps:
+                        await hostnet.plug(tap, bridge, domain=domain)
+                        log.info("domain_nic_reattached", domain=domain, network=name, tap=tap, bridge=bridge)
                     continue
                 case _:
                     raise ValueError(f"not a network action: {action}")

@@ -31,7 +31,7 @@ Key = tuple[str, str]
 
 class Reconciler:
     def __init__(self, hv: Hypervisor, images: Images, status: StatusStore, *, images_dir: str,
-                 dry_run: bool = False) -> None:
+                 state_dir: str = "/var/lib/nvirtd", dry_run: bool = False) -> None:
         self.dry_run = dry_run  # `nvirtd plan`: plan and report, act on nothing
         self.hv = hv
         self.images = images
@@ -40,7 +40,7 @@ class Reconciler:
         self.memory = Memory()
         self.desired: Rendered | None = None
         self.expectations = Expectations()
-        self.domains = DomainExecutor(hv, images, self.memory, images_dir=images_dir,
+        self.domains = DomainExecutor(hv, images, self.memory, images_dir=images_dir, state_dir=state_dir,
                                       expectations=self.expectations)
         self.networks = NetworkExecutor(hv)
         self.passes = 0
@@ -79,9 +79,10 @@ class Reconciler:
         if file and kind == "domain" and self.desired is not None:
             errs = [str(e) for e in self.desired.all_errors if e.file == file and f"{kind}s.{name}" in e.path]
             error = error or ("; ".join(errs) if errs else None)
+        if plan.actions:  # the last thing nvirtd did to it stays visible until the next
+            extra["last_actions"] = [str(a) for a in plan.actions]
         self.status.update(kind, name, phase=plan.phase.value, conditions=sorted(c.value for c in plan.conditions),
-                           message=message, error=error, file=file,
-                           last_actions=[str(a) for a in plan.actions] or None, **extra)
+                           message=message, error=error, file=file, **extra)
 
     async def _domain(self, name: str) -> Plan:
         desired_set = self.desired
@@ -116,6 +117,9 @@ class Reconciler:
         if plan.phase == Phase.removed:
             self.memory.starts.pop(name, None)
             self.memory.removal_timeouts.pop(name, None)
+            if observed is not None and plan.actions:
+                for network in observed.networks:  # a network waiting for its users to go
+                    self.enqueue(("network", network))
         return plan
 
     def _missing_paths(self, desired: Any) -> list[str]:
@@ -124,6 +128,10 @@ class Reconciler:
             if disk.type in (DiskType.file, DiskType.block, DiskType.dir) and not os.path.exists(disk.path):
                 problems.append(f"{desired.source_file}: domains.{desired.name}.disks.{disk_name}.path: "
                                 f"{disk.path} does not exist")
+        for tag, share in desired.spec.shares.items():
+            if not os.path.isdir(share.path):
+                problems.append(f"{desired.source_file}: domains.{desired.name}.shares.{tag}.path: "
+                                f"{share.path} is not a directory")
         boot = desired.spec.boot
         if boot is not None:
             for field_name in ("kernel", "initrd"):

@@ -49,11 +49,6 @@ DOMAIN_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
     libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
 }
-MUTATING = frozenset({
-    "define_domain", "set_autostart", "start", "shutdown", "destroy", "undefine",
-    "define_network", "set_network_autostart", "start_network", "destroy_network", "undefine_network",
-    "reattach_nics",
-})
 UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)
 
 _event_lock = threading.Lock()
@@ -68,6 +63,15 @@ def _with_flags_fallback(call: Callable[[int], Any], flags: int) -> Any:
         if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
             raise
         return call(0)
+
+
+def _unless_stopped(call: Callable[[], Any]) -> None:
+    """Stopping a domain that stopped on its own meanwhile is not an error."""
+    try:
+        call()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+            raise
 
 
 class HypervisorError(TemporaryError):
@@ -323,13 +327,13 @@ class Hypervisor(NetworkOps):
     async def shutdown(self, name: str) -> None:
         """ACPI power button (the guest decides); re-sent by the reconciler until the timeout."""
         self._count("shutdown")
-        await self._run(self._on_dom, name, lambda d: _with_flags_fallback(
-            d.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN))
+        await self._run(self._on_dom, name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
+            d.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)))
 
     async def destroy(self, name: str) -> None:
         self._count("destroy")
-        await self._run(self._on_dom, name, lambda d: _with_flags_fallback(
-            d.destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
+        await self._run(self._on_dom, name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
+            d.destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)))
 
     async def undefine(self, name: str) -> None:
         """Undefine, keeping NVRAM and TPM state; disks are never touched by libvirt here."""

@@ -94,31 +94,16 @@ class NetworkOps:
         self._count("undefine_network")
         await self._run(lambda: self._c().networkLookupByName(name).undefine())
 
-    async def reattach_nics(self, network: str) -> list[str]:
-        """Plug the running guests' NICs on `network` back in after it was restarted.
-
-        Detach + attach of the live device with the same MAC: the guest sees a link
-        flap and keeps its address (static leases follow the MAC).
-        """
-        self._count("reattach_nics")
-
-        def reattach() -> list[str]:
-            done = []
+    async def network_taps(self, network: str) -> tuple[str, list[tuple[str, str]]]:
+        """The network's bridge, and (domain, tap device) of every running NIC on it."""
+        def scan() -> tuple[str, list[tuple[str, str]]]:
+            bridge = self._c().networkLookupByName(network).bridgeName()
+            taps = []
             for dom in self._c().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
                 root = ET.fromstring(dom.XMLDesc(0))
                 for iface in root.findall("./devices/interface[@type='network']"):
-                    source = iface.find("source")
-                    if source is None or source.get("network") != network:
-                        continue
-                    for drop in ("target", "alias", "address"):
-                        for el in iface.findall(drop):
-                            iface.remove(el)
-                    device = ET.tostring(iface, encoding="unicode")
-                    try:
-                        dom.detachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    except libvirt.libvirtError:
-                        pass  # already gone with the old bridge
-                    dom.attachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    done.append(dom.name())
-            return done
-        return await self._run(reattach)
+                    source, target = iface.find("source"), iface.find("target")
+                    if source is not None and source.get("network") == network and target is not None:
+                        taps.append((dom.name(), target.get("dev", "")))
+            return bridge, taps
+        return await self._run(scan)

@@ -90,6 +90,10 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     sub(root, "uuid", uuid)
     sub(root, "memory", str(spec.memory.amount), unit=spec.memory.unit.value)
     sub(root, "vcpu", str(spec.cpu.amount))
+    if spec.shares:  # virtiofs needs guest memory the virtiofsd process can map
+        backing = sub(root, "memoryBacking")
+        sub(backing, "source", type="memfd")
+        sub(backing, "access", mode="shared")
     _os(root, spec)
     features = sub(root, "features")
     sub(features, "acpi")
@@ -102,6 +106,13 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     targets = assign_targets(dict(spec.disks))
     for disk_name, disk in spec.disks.items():
         _disk(devices, name, disk_name, disk, targets[disk_name], ctx)
+    for tag, share in spec.shares.items():
+        fs = sub(devices, "filesystem", type="mount", accessmode="passthrough")
+        sub(fs, "driver", type="virtiofs")
+        sub(fs, "source", dir=share.path)
+        sub(fs, "target", dir=tag)
+        if share.read_only:
+            sub(fs, "readonly")
     for nic_name, nic in spec.interfaces.items():
         iface = sub(devices, "interface", type="network" if nic.network else "bridge")
         sub(iface, "mac", address=identity.interface_mac(uuid, nic_name, nic.mac))

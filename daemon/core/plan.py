@@ -296,7 +296,7 @@ def plan_network(inp: NetworkInputs) -> Plan:
             return Plan(phase=Phase.removed)
         if inp.used_by:
             return Plan(phase=Phase.running if observed.active else Phase.stopped,
-                        conditions=frozenset({Condition.in_use}),
+                        conditions=frozenset({Condition.in_use}), requeue_after=5.0,
                         message=f"not removed: still used by {', '.join(sorted(inp.used_by))}")
         acts = ((Action(Act.destroy),) if observed.active else ()) + (Action(Act.undefine),)
         return Plan(actions=acts, phase=Phase.removed)

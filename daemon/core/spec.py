@@ -270,6 +270,11 @@ class Boot(Model):
     cmdline: str | None = Field(None, max_length=4096)
 
 
+class Share(Model):
+    path: AbsPath = Field(description="Host directory shared with the guest (virtiofs, needs virtiofsd).")
+    read_only: bool = Field(False, description="Read-only share (libvirt >= 10.x; older libvirt refuses).")
+
+
 class Domain(Model):
     uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = Field(
         None, description="Default: derived from the name, stable."
@@ -289,6 +294,9 @@ class Domain(Model):
     boot: Boot | None = Field(None, description="Direct kernel boot.")
     disks: dict[Name, Disk] = Field(default_factory=dict)
     interfaces: dict[Name, Interface] = Field(default_factory=dict)
+    shares: dict[Name, Share] = Field(
+        default_factory=dict, description="Shared folders by mount tag: `mount -t virtiofs TAG /mnt` in the guest."
+    )
 
     @model_validator(mode="after")
     def _targets_unique(self) -> Self:

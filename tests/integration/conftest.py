@@ -69,7 +69,8 @@ async def system_conn():
 
 
 @pytest.fixture
-def system_settings(settings, dirs):
+def system_settings(settings, dirs, system_conn):
+    # depends on system_conn so that its clean-up runs after the daemon has stopped
     images = Path("/var/lib/libvirt/images/nvirtd-tests") / dirs["state"].parent.name
     images.mkdir(parents=True, exist_ok=True)
     yield replace(settings, uri=SYSTEM_URI, images_dir=str(images))

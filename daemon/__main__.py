@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--no-trust-checks", action="store_true")
 
     sub.add_parser("schema", help="print the JSON Schema of a config file")
+    sub.add_parser("reference", help="print the configuration reference (docs/configuration.md)")
 
     plan = sub.add_parser("plan", help="show what a reconcile would do now; changes nothing")
     _common(plan)
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import logs
     logs.configure(getattr(args, "log_level", "warning"))
     handler = {"run": cmd_run, "check": cmd_check, "schema": cmd_schema, "plan": cmd_plan,
-               "status": cmd_status, "reload": cmd_reload, "purge": cmd_purge}[args.command]
+               "status": cmd_status, "reload": cmd_reload, "purge": cmd_purge,
+               "reference": cmd_reference}[args.command]
     return handler(args)
 
 
@@ -155,6 +157,12 @@ def cmd_schema(_args: argparse.Namespace) -> int:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "nvirtd configuration file"
     print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def cmd_reference(_args: argparse.Namespace) -> int:
+    from .reference import markdown
+    sys.stdout.write(markdown())
     return EXIT_OK
 
 

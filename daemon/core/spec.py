@@ -208,7 +208,7 @@ class NixImage(Model):
 class Disk(Model):
     type: DiskType = Field(description="Where the disk comes from.")
     device: DiskDevice = Field(DiskDevice.disk, description="How the guest sees it.")
-    driver: Driver = Field(default_factory=Driver)
+    driver: Driver = Field(default_factory=Driver, description="libvirt's <driver> of the disk.")
     path: str = Field(
         description="nix: a NixOS configuration; file/block/dir: an absolute host path; "
         "volume: POOL/VOLUME."
@@ -255,7 +255,7 @@ class Interface(Model):
     mac: Annotated[str, Field(pattern=MAC_PATTERN)] | None = Field(
         None, description="Default: derived from the domain UUID and the NIC name (52:54:00:...)."
     )
-    model: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")] = Field("virtio")
+    model: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")] = Field("virtio", description="NIC model (virtio, e1000, ...).")
 
     @model_validator(mode="after")
     def _one_target(self) -> Self:
@@ -266,8 +266,8 @@ class Interface(Model):
 
 class Boot(Model):
     kernel: AbsPath = Field(description="Kernel image on the host (direct kernel boot).")
-    initrd: AbsPath | None = None
-    cmdline: str | None = Field(None, max_length=4096)
+    initrd: AbsPath | None = Field(None, description="Initramfs on the host.")
+    cmdline: str | None = Field(None, max_length=4096, description="Kernel command line (e.g. console=ttyS0).")
 
 
 class Share(Model):
@@ -279,8 +279,8 @@ class Domain(Model):
     uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = Field(
         None, description="Default: derived from the name, stable."
     )
-    cpu: Cpu = Field(default_factory=Cpu)
-    memory: Memory
+    cpu: Cpu = Field(default_factory=Cpu, description="Virtual CPUs.")
+    memory: Memory = Field(description="Guest memory (at least 16 MiB).")
     enable_vnc: bool = Field(False, description="VNC console on 127.0.0.1, port chosen by libvirt.")
     state: DesiredPower = Field(DesiredPower.running, description="running or stopped; autostart follows.")
     restart_on_change: bool = Field(
@@ -288,12 +288,12 @@ class Domain(Model):
     )
     shutdown_timeout: int = Field(120, ge=0, le=86400, description="Seconds of ACPI shutdown before destroy.")
     virt_type: VirtType | None = Field(None, description="Overrides the daemon's --virt-type.")
-    firmware: Firmware = Field(Firmware.bios)
+    firmware: Firmware = Field(Firmware.bios, description="bios (SeaBIOS) or efi (OVMF, per-domain NVRAM).")
     tpm: bool = Field(False, description="An emulated TPM 2.0 (needs swtpm).")
     console_log: bool = Field(False, description="Log the serial console to the state dir.")
     boot: Boot | None = Field(None, description="Direct kernel boot.")
-    disks: dict[Name, Disk] = Field(default_factory=dict)
-    interfaces: dict[Name, Interface] = Field(default_factory=dict)
+    disks: dict[Name, Disk] = Field(default_factory=dict, description="Disks by name (the name is yours).")
+    interfaces: dict[Name, Interface] = Field(default_factory=dict, description="NICs by name; MACs derive from it.")
     shares: dict[Name, Share] = Field(
         default_factory=dict, description="Shared folders by mount tag: `mount -t virtiofs TAG /mnt` in the guest."
     )
@@ -313,12 +313,12 @@ class Domain(Model):
 
 
 class DhcpRange(Model):
-    start: ipaddress.IPv4Address
-    end: ipaddress.IPv4Address
+    start: ipaddress.IPv4Address = Field(description="First address handed out.")
+    end: ipaddress.IPv4Address = Field(description="Last address handed out.")
 
 
 class Dhcp(Model):
-    range: DhcpRange | None = None
+    range: DhcpRange | None = Field(None, description="Dynamic range (omit for static leases only).")
     hosts: dict[str, ipaddress.IPv4Address] = Field(
         default_factory=dict,
         description="Static leases: key is a MAC, a domain name, or DOMAIN.NIC; value an IPv4 address.",
@@ -326,8 +326,8 @@ class Dhcp(Model):
 
 
 class Ip(Model):
-    address: ipaddress.IPv4Address
-    prefix: int = Field(24, ge=1, le=32)
+    address: ipaddress.IPv4Address = Field(description="The host's address on the network (the gateway).")
+    prefix: int = Field(24, ge=1, le=32, description="Prefix length of the network.")
 
     @property
     def interface(self) -> ipaddress.IPv4Interface:
@@ -335,13 +335,14 @@ class Ip(Model):
 
 
 class Network(Model):
-    uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = None
-    forward: ForwardMode = Field(ForwardMode.nat)
+    uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = Field(
+        None, description="Default: derived from the name, stable.")
+    forward: ForwardMode = Field(ForwardMode.nat, description="nat, route, open, isolated (no forwarding) or bridge.")
     bridge: Annotated[str, Field(pattern=BRIDGE_PATTERN)] | None = Field(
         None, description="Host bridge: the one to use with forward=bridge, else the name to create."
     )
-    ip: Ip | None = None
-    dhcp: Dhcp | None = None
+    ip: Ip | None = Field(None, description="IPv4 address of the host on the network.")
+    dhcp: Dhcp | None = Field(None, description="DHCP served by libvirt's dnsmasq.")
     domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,253}$")] | None = Field(
         None, description="DNS domain of the network."
     )

@@ -1,0 +1,175 @@
+# services.nvirtd: nvirtd as a NixOS service, with its VMs declared in Nix.
+#
+#   imports = [ ./contrib/nixos/module.nix ];
+#   services.nvirtd = {
+#     enable = true;
+#     domains.web = {
+#       cpu.amount = 2;
+#       memory = { amount = 2; unit = "GiB"; };
+#       disks.root = { type = "nix"; path = ./web.nix; nix.size = 20; };
+#       interfaces.lan.network = "lab";
+#     };
+#     networks.lab = { ip.address = "10.77.0.1"; dhcp.hosts.web = "10.77.0.10"; };
+#   };
+#
+# The options mirror the JSON format one to one (docs/configuration.md); a test keeps
+# the blocks marked `schema: X` in step with the JSON Schema. They are rendered to
+# /etc/nvirt.d/nixos.json, and nvirtd is reloaded when that file changes.
+{ config, lib, pkgs, ... }:
+let
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
+  cfg = config.services.nvirtd;
+  nullOr = types.nullOr;
+  opt = type: default: description: mkOption { inherit type default description; };
+  req = type: description: mkOption { inherit type description; };
+
+  # schema: Boot
+  bootModule = {
+    options = {
+      kernel = req types.path "Kernel image on the host (direct kernel boot).";
+      initrd = opt (nullOr types.path) null "Initramfs on the host.";
+      cmdline = opt (nullOr types.str) null "Kernel command line.";
+    };
+  };
+  # end schema
+
+  # schema: NixImage
+  nixImageModule = {
+    options = {
+      size = opt (nullOr types.ints.positive) null "Virtual size of the overlay; default: the base image's.";
+      unit = opt (types.enum [ "K" "M" "G" "T" ]) "G" "Unit of size.";
+      onImageChange = opt (types.enum [ "keep" "recreate" ]) "keep" "Keep the overlay on the old base, or recreate it.";
+    };
+  };
+  # end schema
+
+  # schema: Disk
+  diskModule = {
+    options = {
+      type = req (types.enum [ "nix" "file" "block" "dir" "volume" ]) "Where the disk comes from.";
+      device = opt (types.enum [ "disk" "cdrom" ]) "disk" "How the guest sees it.";
+      driver.name = opt (types.enum [ "qemu" "tap" "tap2" "phy" "file" ]) "qemu" "Hypervisor driver.";
+      driver.type = opt (nullOr (types.enum [ "aio" "raw" "bochs" "qcow2" "qed" "fat" ])) null "Image format.";
+      path = req (types.either types.path types.str) "nix: a NixOS configuration; file/block/dir: a host path; volume: POOL/VOLUME.";
+      target = opt (nullOr types.str) null "Guest device name (vda, sdb, ...).";
+      readOnly = opt types.bool false "Attach read-only.";
+      nix = opt (nullOr (types.submodule nixImageModule)) null "Overlay settings of a nix disk.";
+      bootOrder = opt (nullOr types.ints.positive) null "Boot priority, 1 first.";
+    };
+  };
+  # end schema
+
+  # schema: Interface
+  interfaceModule = {
+    options = {
+      network = opt (nullOr types.str) null "A libvirt network.";
+      bridge = opt (nullOr types.str) null "An existing host bridge.";
+      mac = opt (nullOr types.str) null "Default: derived from the domain UUID and the NIC name.";
+      model = opt types.str "virtio" "NIC model.";
+    };
+  };
+  # end schema
+
+  # schema: Share
+  shareModule = {
+    options = {
+      path = req types.str "Host directory shared with the guest (virtiofs).";
+      readOnly = opt types.bool false "Read-only share.";
+    };
+  };
+  # end schema
+
+  # schema: Domain
+  domainModule = {
+    options = {
+      uuid = opt (nullOr types.str) null "Default: derived from the name, stable.";
+      cpu.amount = opt types.ints.positive 1 "Number of virtual CPUs.";
+      memory.amount = req types.ints.positive "Amount of memory, in memory.unit.";
+      memory.unit = opt (types.enum [ "b" "bytes" "KB" "k" "KiB" "MB" "M" "MiB" "GB" "G" "GiB" "TB" "T" "TiB" ]) "KiB" "Unit of memory.amount.";
+      enableVnc = opt types.bool false "VNC console on 127.0.0.1.";
+      state = opt (types.enum [ "running" "stopped" ]) "running" "Desired state; autostart follows.";
+      restartOnChange = opt types.bool false "Restart a running domain when its definition changes.";
+      shutdownTimeout = opt types.ints.unsigned 120 "Seconds of ACPI shutdown before destroy.";
+      virtType = opt (nullOr (types.enum [ "auto" "kvm" "qemu" ])) null "Overrides the daemon's --virt-type.";
+      firmware = opt (types.enum [ "bios" "efi" ]) "bios" "bios or efi.";
+      tpm = opt types.bool false "An emulated TPM 2.0.";
+      consoleLog = opt types.bool false "Log the serial console to the state dir.";
+      boot = opt (nullOr (types.submodule bootModule)) null "Direct kernel boot.";
+      disks = opt (types.attrsOf (types.submodule diskModule)) { } "Disks by name.";
+      interfaces = opt (types.attrsOf (types.submodule interfaceModule)) { } "NICs by name.";
+      shares = opt (types.attrsOf (types.submodule shareModule)) { } "Shared folders by mount tag.";
+    };
+  };
+  # end schema
+
+  # schema: Network
+  networkModule = {
+    options = {
+      uuid = opt (nullOr types.str) null "Default: derived from the name, stable.";
+      forward = opt (types.enum [ "nat" "route" "open" "isolated" "bridge" ]) "nat" "Forward mode.";
+      bridge = opt (nullOr types.str) null "Host bridge to use (forward = bridge) or to create.";
+      ip = opt (nullOr (types.submodule {
+        options.address = req types.str "The host's address on the network.";
+        options.prefix = opt types.ints.positive 24 "Prefix length.";
+      })) null "IPv4 address of the host on the network.";
+      dhcp = opt (nullOr (types.submodule {
+        options.range = opt (nullOr (types.submodule {
+          options.start = req types.str "First address handed out.";
+          options.end = req types.str "Last address handed out.";
+        })) null "Dynamic range.";
+        options.hosts = opt (types.attrsOf types.str) { } "Static leases: MAC, domain or DOMAIN.NIC -> IPv4.";
+      })) null "DHCP served by libvirt's dnsmasq.";
+      domain = opt (nullOr types.str) null "DNS domain of the network.";
+    };
+  };
+  # end schema
+
+  # drop unset options, and turn Nix paths (configurations) into strings
+  clean = value:
+    if builtins.isAttrs value then
+      lib.mapAttrs (_: clean) (lib.filterAttrs (_: v: v != null) value)
+    else if builtins.isPath value then toString value
+    else value;
+  configFile = pkgs.writeText "nvirtd-nixos.json" (builtins.toJSON (clean {
+    domains = cfg.domains;
+    networks = cfg.networks;
+  }));
+in
+{
+  options.services.nvirtd = {
+    enable = mkEnableOption "nvirtd, the declarative VM manager for libvirt";
+    package = mkOption {
+      type = types.package;
+      description = "The nvirtd package.";
+      example = literalExpression "pkgs.nvirtd";
+    };
+    uri = opt types.str "qemu:///system" "libvirt URI nvirtd manages.";
+    extraArgs = opt (types.listOf types.str) [ ] "Extra arguments for `nvirtd run`.";
+    domains = opt (types.attrsOf (types.submodule domainModule)) { } "VMs, as in /etc/nvirt.d/*.json.";
+    networks = opt (types.attrsOf (types.submodule networkModule)) { } "libvirt networks.";
+  };
+
+  config = mkIf cfg.enable {
+    virtualisation.libvirtd.enable = true;
+    environment.etc."nvirt.d/nixos.json".source = configFile;
+    environment.systemPackages = [ cfg.package ];
+    systemd.services.nvirtd = {
+      description = "nvirtd: declarative VM manager for libvirt";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "libvirtd.service" ];
+      after = [ "libvirtd.service" "nix-daemon.service" ];
+      reloadTriggers = [ configFile ];
+      path = [ config.nix.package pkgs.qemu_kvm pkgs.iproute2 ];
+      serviceConfig = {
+        Type = "notify-reload";
+        ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri ] ++ cfg.extraArgs);
+        NotifyAccess = "main";
+        WatchdogSec = "30s";
+        Restart = "on-failure";
+        KillMode = "mixed";
+        StateDirectory = "nvirtd";
+        StateDirectoryMode = "0700";
+      };
+    };
+  };
+}

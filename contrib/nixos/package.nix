@@ -1,0 +1,16 @@
+# nvirtd as a Nix package: pkgs.callPackage ./contrib/nixos/package.nix { }
+{ lib, python3Packages }:
+python3Packages.buildPythonApplication {
+  pname = "nvirtd";
+  version = "0.1.0";
+  pyproject = true;
+  src = lib.cleanSource ../..;
+  build-system = [ python3Packages.setuptools ];
+  dependencies = with python3Packages; [ libvirt pydantic structlog watchdog sdnotify ];
+  doCheck = false;  # the test suite needs a running libvirtd, QEMU and nix
+  meta = {
+    description = "Declarative VM manager for libvirt hosts";
+    license = lib.licenses.mit;
+    mainProgram = "nvirtd";
+  };
+}

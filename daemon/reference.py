@@ -1,0 +1,148 @@
+"""The configuration reference (docs/configuration.md), generated from the models.
+
+`nvirtd reference > docs/configuration.md` rewrites it; a test fails when the file
+and the models disagree, and when an option has no entry in LIBVIRT (what it becomes).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .core.spec import ConfigFile
+
+# option path (as in the JSON, <name> for user-chosen keys) -> the libvirt XML it becomes
+LIBVIRT: dict[str, str] = {
+    "domains.<name>": "`<domain>`, `<name>`; ownership in `<metadata><nvirtd:owner/>`",
+    "domains.<name>.uuid": "`<uuid>`",
+    "domains.<name>.cpu": "",
+    "domains.<name>.cpu.amount": "`<vcpu>`",
+    "domains.<name>.memory": "",
+    "domains.<name>.memory.amount": "`<memory>`",
+    "domains.<name>.memory.unit": "`<memory unit=>`",
+    "domains.<name>.enableVnc": "`<graphics type='vnc' autoport='yes' listen='127.0.0.1'>`",
+    "domains.<name>.state": "autostart (`virsh autostart`), start / ACPI shutdown",
+    "domains.<name>.restartOnChange": "(nvirtd policy)",
+    "domains.<name>.shutdownTimeout": "(nvirtd policy: ACPI shutdown, then destroy)",
+    "domains.<name>.virtType": "`<domain type=>`",
+    "domains.<name>.firmware": "`<os firmware='efi'>` (NVRAM kept on undefine)",
+    "domains.<name>.tpm": "`<tpm model='tpm-crb'><backend type='emulator' version='2.0'>`",
+    "domains.<name>.consoleLog": "`<serial><log file='STATE/console/NAME.log'>`",
+    "domains.<name>.boot": "",
+    "domains.<name>.boot.kernel": "`<os><kernel>`",
+    "domains.<name>.boot.initrd": "`<os><initrd>`",
+    "domains.<name>.boot.cmdline": "`<os><cmdline>`",
+    "domains.<name>.disks": "",
+    "domains.<name>.disks.<name>": "`<disk>`",
+    "domains.<name>.disks.<name>.type": "`<disk type=>` (nix: a file overlay)",
+    "domains.<name>.disks.<name>.device": "`<disk device=>`",
+    "domains.<name>.disks.<name>.driver": "",
+    "domains.<name>.disks.<name>.driver.name": "`<driver name=>`",
+    "domains.<name>.disks.<name>.driver.type": "`<driver type=>`",
+    "domains.<name>.disks.<name>.path": "`<source file=/dev=/dir=/pool= volume=>`",
+    "domains.<name>.disks.<name>.target": "`<target dev= bus=>` (bus from the prefix: vd virtio, sd sata, hd ide)",
+    "domains.<name>.disks.<name>.readOnly": "`<readonly/>`",
+    "domains.<name>.disks.<name>.bootOrder": "`<boot order=>`",
+    "domains.<name>.disks.<name>.nix": "",
+    "domains.<name>.disks.<name>.nix.size": "`qemu-img create ... SIZE` of the overlay",
+    "domains.<name>.disks.<name>.nix.unit": "",
+    "domains.<name>.disks.<name>.nix.onImageChange": "(nvirtd policy)",
+    "domains.<name>.interfaces": "",
+    "domains.<name>.interfaces.<name>": "`<interface>`",
+    "domains.<name>.interfaces.<name>.network": "`<interface type='network'><source network=>`",
+    "domains.<name>.interfaces.<name>.bridge": "`<interface type='bridge'><source bridge=>`",
+    "domains.<name>.interfaces.<name>.mac": "`<mac address=>`",
+    "domains.<name>.interfaces.<name>.model": "`<model type=>`",
+    "domains.<name>.shares": "`<memoryBacking>` shared memfd",
+    "domains.<name>.shares.<name>": "`<filesystem type='mount'><driver type='virtiofs'><target dir=TAG>`",
+    "domains.<name>.shares.<name>.path": "`<source dir=>`",
+    "domains.<name>.shares.<name>.readOnly": "`<readonly/>`",
+    "networks.<name>": "`<network>`, ownership in `<metadata>`",
+    "networks.<name>.uuid": "`<uuid>`",
+    "networks.<name>.forward": "`<forward mode=>` (none for isolated)",
+    "networks.<name>.bridge": "`<bridge name=>` (default nv-HASH)",
+    "networks.<name>.ip": "",
+    "networks.<name>.ip.address": "`<ip address=>`",
+    "networks.<name>.ip.prefix": "`<ip prefix=>`",
+    "networks.<name>.dhcp": "`<ip><dhcp>`",
+    "networks.<name>.dhcp.range": "",
+    "networks.<name>.dhcp.range.start": "`<range start=>`",
+    "networks.<name>.dhcp.range.end": "`<range end=>`",
+    "networks.<name>.dhcp.hosts": "`<host mac= ip= name=>`",
+    "networks.<name>.domain": "`<domain name= localOnly='yes'>`",
+}
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        return schema["$defs"][node["$ref"].split("/")[-1]]
+    for key in ("anyOf", "allOf"):
+        for option in node.get(key, []):
+            if option.get("type") != "null":
+                resolved = _resolve(schema, option)
+                if resolved.get("properties") or resolved.get("additionalProperties") or resolved.get("enum"):
+                    return resolved
+    return node
+
+
+def _type(schema: dict[str, Any], node: dict[str, Any]) -> str:
+    target = _resolve(schema, node)
+    if "enum" in target:
+        return " \\| ".join(f"`{v}`" for v in target["enum"])
+    if "properties" in target:
+        return "object"
+    if target.get("type") == "object":
+        return "map of name → object" if isinstance(target.get("additionalProperties"), dict) else "object"
+    kinds = [o.get("type") for o in node.get("anyOf", [node]) if o.get("type") not in (None, "null")]
+    return "/".join(kinds) or target.get("type", "")
+
+
+def options(schema: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """Every option, depth first: path, type, default, description."""
+    schema = schema or ConfigFile.model_json_schema(by_alias=True)
+    rows: list[dict[str, str]] = []
+
+    def walk(prefix: str, model: dict[str, Any]) -> None:
+        for key, node in model.get("properties", {}).items():
+            path = f"{prefix}.{key}" if prefix else key
+            target = _resolve(schema, node)
+            default = node.get("default", "")
+            if default in ({}, None):
+                default = ""
+            rows.append({"path": path, "type": _type(schema, node), "default": json.dumps(default) if default != "" else "",
+                         "description": node.get("description", target.get("description", "")).replace("\n", " "),
+                         "required": "yes" if key in model.get("required", []) else ""})
+            if "properties" in target:
+                walk(path, target)
+            elif isinstance(target.get("additionalProperties"), dict):
+                inner = _resolve(schema, target["additionalProperties"])
+                if "properties" not in inner:  # a map of plain values
+                    rows[-1]["type"] = f"map of name → {inner.get('format') or inner.get('type', 'value')}"
+                    continue
+                rows[-1]["type"] = "map of name → object"
+                rows.append({"path": f"{path}.<name>", "type": "object", "default": "",
+                             "description": inner.get("description", "").split("\n")[0], "required": ""})
+                walk(f"{path}.<name>", inner)
+    walk("", schema)
+    rows.sort(key=lambda r: r["path"].split("."))  # alphabetical, each entry before its fields
+    return [r for r in rows if r["path"] not in ("domains", "networks")]
+
+
+def markdown() -> str:
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the pydantic models by `nvirtd reference` (a test fails when this file and the",
+        "models disagree). Every file in `/etc/nvirt.d/*.json` is `{\"domains\": {...}, \"networks\": {...}}`;",
+        "`<name>` is a name you choose (letters, digits, `.`, `_`, `-`, at most 63 characters, not",
+        "starting with `.` or `-`). Unknown keys are errors. `nvirtd schema` prints the JSON Schema for editors.",
+        "",
+        "| option | type | default | becomes in libvirt | description |",
+        "|---|---|---|---|---|",
+    ]
+    for row in options():
+        path = row["path"]
+        libvirt = LIBVIRT.get(path, "?")
+        required = " **(required)**" if row["required"] else ""
+        lines.append(f"| `{path}`{required} | {row['type']} | {row['default']} | {libvirt} | {row['description']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,85 @@
+"""The docs, examples and the NixOS module say what the code does."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.core.spec import ConfigFile
+from daemon.reference import LIBVIRT, markdown, options
+from tests.conftest import REPO, have, nix_env
+
+EXAMPLES = sorted(p for p in (REPO / "examples").iterdir() if p.is_dir())
+
+
+def test_configuration_reference_matches_the_models():
+    assert (REPO / "docs" / "configuration.md").read_text() == markdown(), \
+        "docs/configuration.md is stale: run `nvirtd reference > docs/configuration.md`"
+
+
+def test_every_option_says_what_it_becomes_in_libvirt():
+    paths = {row["path"] for row in options()}
+    assert paths - set(LIBVIRT) == set(), "options without a LIBVIRT entry in daemon/reference.py"
+    assert set(LIBVIRT) - paths == set(), "LIBVIRT entries for options that no longer exist"
+
+
+def test_examples_exist_for_each_use_case():
+    assert {p.name for p in EXAMPLES} >= {"nixos-on-nixos", "existing-image-with-installer",
+                                          "uefi-tpm-virtiofs", "bridged"}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_passes_nvirtd_check(example):
+    for path in example.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)  # a checkout may be group-writable; /etc/nvirt.d must not be
+    example.chmod(0o755)
+    result = subprocess.run([sys.executable, "-m", "daemon", "check", str(example)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "OK (1 files" in result.stdout
+
+
+def test_nix_files_parse():
+    if not have("nix-instantiate"):
+        pytest.skip("nix-instantiate not installed")
+    files = [*REPO.glob("contrib/nixos/*.nix"), *REPO.glob("examples/**/*.nix"), *REPO.glob("tests/nix/*.nix")]
+    for path in files:
+        result = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True,
+                                env={**os.environ, **nix_env()})
+        assert result.returncode == 0, f"{path}: {result.stderr}"
+
+
+def _flatten(schema: dict, model: str, prefix: str = "") -> set[str]:
+    """Option names of one model, nested plain objects flattened as the module writes them (cpu.amount)."""
+    names = set()
+    for key, node in schema["$defs"][model]["properties"].items():
+        ref = node.get("$ref") or next((o.get("$ref") for o in node.get("anyOf", []) if o.get("$ref")), None)
+        inner = ref.split("/")[-1] if ref else None
+        if inner in ("Cpu", "Memory", "Driver") and "anyOf" not in node:
+            names |= _flatten(schema, inner, f"{prefix}{key}.")
+        else:
+            names.add(prefix + key)
+    return names
+
+
+def test_nixos_module_options_follow_the_schema():
+    text = (REPO / "contrib" / "nixos" / "module.nix").read_text()
+    blocks = re.findall(r"# schema: (\w+)\n(.*?)# end schema", text, re.S)
+    schema = ConfigFile.model_json_schema(by_alias=True)
+    assert {name for name, _ in blocks} == {"Boot", "NixImage", "Disk", "Interface", "Share", "Domain", "Network"}
+    for model, body in blocks:
+        declared = set(re.findall(r"^\s*([\w.]+) = (?:opt|req)\b", body, re.M))
+        assert declared == _flatten(schema, model), f"module block {model} differs from the schema"
+
+
+def test_readme_commands_are_the_scripts():
+    readme = (REPO / "README.md").read_text()
+    for script in ("scripts/demo", "scripts/test"):
+        assert script in readme and os.access(REPO / script, os.X_OK)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "./scripts/test" in ci

@@ -124,7 +124,7 @@ async def in_process(args, conn, workdir: Path, floor: float) -> None:
     row(f"cold convergence, {args.domains} domains", f"{cold:.2f} s", f"{floor:.2f} s (plain libvirt loop)",
         f"{cold / floor:.2f}x", "<= 1.5x")
     row("  mutating calls for it", str(daemon.hv.mutation_count))
-    row("  libvirt calls in all (incl. reads)", str(daemon.hv.calls))
+    row("  adapter calls in all, reads included (1-3 RPCs each)", str(daemon.hv.calls))
 
     before_m, before_c = daemon.hv.mutation_count, daemon.hv.calls
     times = []

@@ -84,14 +84,20 @@ class Reconciler:
         self.status.update(kind, name, phase=plan.phase.value, conditions=sorted(c.value for c in plan.conditions),
                            message=message, error=error, file=file, **extra)
 
+    def _hold(self, kind: str, name: str, desired: Any, observed: Any) -> tuple[str | None, bool, bool]:
+        """(source file, in conflict, held): whether the config lets nvirtd act on it now."""
+        owner = observed.owner if observed is not None else None
+        source = desired.source_file if desired is not None else (owner.file if owner is not None else None)
+        if self.desired is None:  # no config read yet: hold everything
+            return source, False, True
+        conflict = (kind, name) in self.desired.state.conflicts
+        return source, conflict, not conflict and self.desired.held(kind, name, source)
+
     async def _domain(self, name: str) -> Plan:
         desired_set = self.desired
         desired = desired_set.domains.get(name) if desired_set else None
         observed = await self.hv.observe_domain(name)
-        source = desired.source_file if desired else (observed.owner.file if observed and observed.owner else None)
-        state = desired_set.state if desired_set else None
-        conflict = state is not None and ("domain", name) in state.conflicts
-        held = desired_set is None or desired_set.held("domain", name, source)
+        source, conflict, held = self._hold("domain", name, desired, observed)
         overlays, disks_report = await self._overlays(name, desired) if desired else ((), {})
         now = time.monotonic()
         if observed is None or not observed.power.active:
@@ -100,7 +106,7 @@ class Reconciler:
             self.memory.removal_timeouts[name] = float(desired.spec.shutdown_timeout)
         waiting = self._networks_waiting(desired) if desired else ()
         inputs = DomainInputs(
-            desired=desired, observed=observed, now=now, held=held and not conflict, conflict=conflict,
+            desired=desired, observed=observed, now=now, held=held, conflict=conflict,
             overlays=overlays, shutdown=self.memory.shutdowns.get(name),
             start_not_before=self.memory.start_not_before(name), networks_waiting=waiting,
             removal_timeout=self.memory.removal_timeouts.get(name, 120.0),
@@ -179,17 +185,14 @@ class Reconciler:
         desired_set = self.desired
         desired = desired_set.networks.get(name) if desired_set else None
         observed = await self.hv.observe_network(name)
-        source = desired.source_file if desired else (observed.owner.file if observed and observed.owner else None)
-        state = desired_set.state if desired_set else None
-        conflict = state is not None and ("network", name) in state.conflicts
-        held = desired_set is None or desired_set.held("network", name, source)
+        source, conflict, held = self._hold("network", name, desired, observed)
         used_by: tuple[str, ...] = ()
         if desired is None and observed is not None and observed.owned and desired_set is not None:
             declared = [d for d, r in desired_set.domains.items()
                         if any(n.network == name for n in r.spec.interfaces.values())]
             used_by = tuple(sorted(set(declared) | set(await self.hv.domains_using_network(name))))
-        plan = plan_network(NetworkInputs(desired=desired, observed=observed, held=held and not conflict,
-                                          conflict=conflict, used_by=used_by))
+        plan = plan_network(NetworkInputs(desired=desired, observed=observed, held=held, conflict=conflict,
+                                          used_by=used_by))
         if not self.dry_run:
             await self.networks.run(name, plan.actions, desired)
         before = self.status.entries.get(("network", name))

@@ -9,13 +9,12 @@ before the ownership metadata is attached) is the domain's spec hash.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from . import identity
 from .ownership import Owner, attach_owner, spec_hash
-from .xmlbuild import sub, to_string
+from .xmlbuild import RenderedXml, sub
 from .spec import DesiredPower, Disk, DiskDevice, DiskType, Domain, Firmware, VirtType
 
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "sata", "hd": "ide", "xvd": "xen"}
@@ -31,20 +30,8 @@ class RenderContext:
 
 
 @dataclass(frozen=True)
-class RenderedDomain:
-    """What libvirt should hold. The XML text is made on first use (only a define
-    needs it), so a reload that re-renders many objects only pays for the hash."""
-
-    name: str
-    uuid: str
-    spec_hash: str
-    source_file: str
+class RenderedDomain(RenderedXml):
     spec: Domain
-    tree: ET.Element = field(compare=False, repr=False)
-
-    @cached_property
-    def xml(self) -> str:
-        return to_string(self.tree)
 
     @property
     def autostart(self) -> bool:

@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Mapping
 
 from . import identity
 from .ownership import Owner, attach_owner, spec_hash
-from .xmlbuild import sub, to_string
+from .xmlbuild import RenderedXml, sub
 from .spec import Domain, ForwardMode, Network
 
 
 @dataclass(frozen=True)
-class RenderedNetwork:
-    """What libvirt should hold. The XML text is made on first use (only a define
-    needs it), so a reload that re-renders many objects only pays for the hash."""
-
-    name: str
-    uuid: str
-    spec_hash: str
-    source_file: str
+class RenderedNetwork(RenderedXml):
     spec: Network
-    tree: ET.Element = field(compare=False, repr=False)
-
-    @cached_property
-    def xml(self) -> str:
-        return to_string(self.tree)
 
 
 def nics_on(network: str, domains: Mapping[str, Domain]) -> dict[str, list[tuple[str, str]]]:

@@ -118,17 +118,26 @@ def _shutdown_steps(inp: DomainInputs, timeout: float) -> tuple[tuple[Action, ..
     return (), min(SHUTDOWN_RESEND_SECONDS - since_sent, remaining)
 
 
-def plan_domain(inp: DomainInputs) -> Plan:
-    desired, observed = inp.desired, inp.observed
+def _gate(kind: str, desired: object, observed: ObservedDomain | ObservedNetwork | None, *,
+          conflict: bool, held: bool, held_phase: Phase) -> Plan | None:
+    """The rules before any other: never touch what is not ours, nor what is held."""
     if observed is not None and not observed.owned:
         if desired is None:
             return Plan(phase=Phase.removed)
         return Plan(phase=Phase.error, conditions=frozenset({Condition.conflict}),
-                    message=f"a domain named {observed.name!r} exists and is not managed by nvirtd; left alone")
-    if inp.conflict or inp.held:
-        conds = {Condition.held} | ({Condition.conflict} if inp.conflict else set())
-        return Plan(phase=_phase_of(observed), conditions=frozenset(conds),
+                    message=f"a {kind} named {observed.name!r} exists and is not managed by nvirtd; left alone")
+    if conflict or held:
+        conds = {Condition.held} | ({Condition.conflict} if conflict else set())
+        return Plan(phase=held_phase, conditions=frozenset(conds),
                     message="keeping the last good state until the config is fixed")
+    return None
+
+
+def plan_domain(inp: DomainInputs) -> Plan:
+    desired, observed = inp.desired, inp.observed
+    gate = _gate("domain", desired, observed, conflict=inp.conflict, held=inp.held, held_phase=_phase_of(observed))
+    if gate is not None:
+        return gate
     if desired is None:
         return _plan_removal(inp)
     return _plan_desired(inp, desired)
@@ -282,15 +291,11 @@ class NetworkInputs:
 
 def plan_network(inp: NetworkInputs) -> Plan:
     desired, observed = inp.desired, inp.observed
-    if observed is not None and not observed.owned:
-        if desired is None:
-            return Plan(phase=Phase.removed)
-        return Plan(phase=Phase.error, conditions=frozenset({Condition.conflict}),
-                    message=f"a network named {observed.name!r} exists and is not managed by nvirtd; left alone")
-    if inp.conflict or inp.held:
-        conds = {Condition.held} | ({Condition.conflict} if inp.conflict else set())
-        phase = Phase.running if observed is not None and observed.active else Phase.pending
-        return Plan(phase=phase, conditions=frozenset(conds))
+    active = observed is not None and observed.active
+    gate = _gate("network", desired, observed, conflict=inp.conflict, held=inp.held,
+                 held_phase=Phase.running if active else Phase.pending)
+    if gate is not None:
+        return gate
     if desired is None:
         if observed is None:
             return Plan(phase=Phase.removed)

@@ -219,11 +219,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _load_status(state_dir: str) -> dict | None:
     try:
-        data = status_mod.load(args.state_dir)
+        return status_mod.load(state_dir)
     except FileNotFoundError:
-        print(f"no status in {args.state_dir}: is nvirtd running?", file=sys.stderr)
+        print(f"no status in {state_dir}: is nvirtd running?", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _load_status(args.state_dir)
+    if data is None:
         return EXIT_ERROR
     alive = _alive(data.get("daemon", {}).get("pid"))
     if args.json:
@@ -247,10 +253,8 @@ def _alive(pid: int | None) -> bool:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Synchronous reload for ExecReload= on systemd < 253: signal, then wait for the answer."""
-    try:
-        data = status_mod.load(args.state_dir)
-    except FileNotFoundError:
-        print(f"no status in {args.state_dir}: is nvirtd running?", file=sys.stderr)
+    data = _load_status(args.state_dir)
+    if data is None:
         return EXIT_ERROR
     pid = data.get("daemon", {}).get("pid")
     if not _alive(pid):

@@ -73,8 +73,13 @@ def test_nixos_module_options_follow_the_schema():
     schema = ConfigFile.model_json_schema(by_alias=True)
     assert {name for name, _ in blocks} == {"Boot", "NixImage", "Disk", "Interface", "Share", "Domain", "Network"}
     for model, body in blocks:
-        declared = set(re.findall(r"^\s*([\w.]+) = (?:opt|req)\b", body, re.M))
+        names = set(re.findall(r"^\s*([\w.]+) = (?:opt|req)\b", body, re.M))
+        declared = {n for n in names if not n.startswith("options.")}
         assert declared == _flatten(schema, model), f"module block {model} differs from the schema"
+        if model == "Network":  # ip, dhcp and dhcp.range are inline submodules there
+            inline = {n.removeprefix("options.") for n in names - declared}
+            expected = set().union(*(_flatten(schema, m) for m in ("Ip", "Dhcp", "DhcpRange")))
+            assert inline == expected
 
 
 def test_readme_commands_are_the_scripts():

@@ -38,7 +38,7 @@ log = structlog.get_logger("nvirtd")
 class Daemon:
     def __init__(self, settings: Settings, *, build_env: dict[str, str] | None = None) -> None:
         self.settings = settings
-        self.hv = Hypervisor(settings.uri, threads=settings.workers + 2)
+        self.hv = Hypervisor(settings.uri, threads=settings.workers + 2, connections=settings.connections)
         self.queue = AsyncWorkQueue()
         self.status = StatusStore(settings.state_dir)
         self._status_dirty = asyncio.Event()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import threading
 import xml.etree.ElementTree as ET
@@ -100,9 +101,14 @@ def _no_object(exc: libvirt.libvirtError) -> bool:
 
 
 class Hypervisor(NetworkOps):
-    def __init__(self, uri: str, *, threads: int = 8) -> None:
+    def __init__(self, uri: str, *, threads: int = 8, connections: int = 4) -> None:
         self.uri = uri
-        self.conn: libvirt.virConnect | None = None
+        self.conn: libvirt.virConnect | None = None  # the one with the event callbacks
+        # libvirtd serves at most 5 requests of one client connection at once
+        # (max_client_requests): calls are spread over a few connections
+        self.connections = connections
+        self._pool_conns: list[libvirt.virConnect] = []
+        self._next = 0
         self.mutations: collections.Counter[str] = collections.Counter()
         self.calls = 0
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="libvirt")
@@ -162,9 +168,23 @@ class Hypervisor(NetworkOps):
             ("domain", conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._domain_event, None)),
             ("network", conn.networkEventRegisterAny(None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, self._network_event, None)),
         ]
+        self._pool_conns = [conn]
+        if not self.uri.startswith("test:///"):  # in-process test:///FILE would give each its own state
+            for _ in range(self.connections - 1):
+                extra = await self._run(libvirt.open, self.uri)
+                with contextlib.suppress(libvirt.libvirtError):
+                    extra.registerCloseCallback(self._closed, None)
+                    extra.setKeepAlive(5, 3)
+                self._pool_conns.append(extra)
 
     async def close(self) -> None:
         conn, self.conn = self.conn, None
+        extras, self._pool_conns = self._pool_conns[1:], []
+        for extra in extras:
+            with contextlib.suppress(libvirt.libvirtError):
+                extra.unregisterCloseCallback()
+            with contextlib.suppress(libvirt.libvirtError):
+                await asyncio.get_running_loop().run_in_executor(self._pool, extra.close)
         if conn is None:
             return
         for kind, cid in self._callback_ids:
@@ -211,9 +231,10 @@ class Hypervisor(NetworkOps):
         self._to_loop(self.on_network_event, net.name())
 
     def _c(self) -> libvirt.virConnect:
-        if self.conn is None:
+        if self.conn is None or not self._pool_conns:
             raise ConnectionLost(f"not connected to {self.uri}", delay=1.0)
-        return self.conn
+        self._next = (self._next + 1) % len(self._pool_conns)
+        return self._pool_conns[self._next]
 
     def _on_dom(self, name: str, fn: Callable[[Any], T]) -> T:
         """fn(domain handle), looked up once and cached; a stale handle (the name now

@@ -52,7 +52,6 @@ class Daemon:
         self.notifier = Notifier()
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
-        self.converged = asyncio.Event()
         self._last_good: dict[str, ConfigFile] = {}
         self._ctx: RenderContext | None = None
         self._reload_lock = asyncio.Lock()
@@ -212,10 +211,6 @@ class Daemon:
                 self._initial.discard(key)
                 if not self._initial:
                     self.ready.set()
-                if self.queue.idle() and self.images.building == 0:
-                    self.converged.set()
-                else:
-                    self.converged.clear()
 
     async def _status_loop(self) -> None:
         """Write status.json and STATUS= when something changed, at most once a second;

@@ -120,7 +120,8 @@ def render_table(data: dict[str, Any]) -> str:
         lines.append(f"{'NAME' if kind == 'domains' else 'NETWORK':<24} {'PHASE':<10} {'CONDITIONS':<28} {'SINCE':<20} DETAIL")
         for e in rows:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["changed_at"]))
-            detail = e.get("error") or e.get("message") or ""
+            done = e.get("last_actions") or []
+            detail = e.get("error") or e.get("message") or (f"last did: {', '.join(done)}" if done else "")
             lines.append(f"{e['name']:<24} {e['phase']:<10} {','.join(e['conditions']) or '-':<28} {since:<20} {detail}")
     if data.get("config_errors"):
         lines.append("")

@@ -27,6 +27,7 @@ from .status import StatusStore
 
 log = structlog.get_logger("nvirtd.reconciler")
 Key = tuple[str, str]
+MISSING_PATH_RETRY = 30.0  # a disk file named in the config may appear later (created by hand)
 
 
 class Reconciler:
@@ -112,9 +113,10 @@ class Reconciler:
             removal_timeout=self.memory.removal_timeouts.get(name, 120.0),
         )
         plan = plan_domain(inputs)
-        missing = self._missing_paths(desired) if desired is not None and plan.actions else []
-        if missing:
-            plan = Plan(phase=Phase.error, message="; ".join(missing))
+        creates = {Act.define, Act.start, Act.create_overlay, Act.recreate_overlay}
+        missing = self._missing_paths(desired) if any(a.kind in creates for a in plan.actions) else []
+        if missing:  # never define or start a VM on a disk that is not there; stopping it is fine
+            plan = Plan(phase=Phase.error, message="; ".join(missing), requeue_after=MISSING_PATH_RETRY)
         if not self.dry_run:
             await self.domains.run(name, plan.actions, desired)
             if any(a.kind in (Act.create_overlay, Act.recreate_overlay) for a in plan.actions):

@@ -164,8 +164,10 @@ def _plan_removal(inp: DomainInputs) -> Plan:
     return Plan(actions=(Action(Act.undefine),), phase=Phase.removed)
 
 
-def _plan_images(inp: DomainInputs) -> tuple[list[Action], set[Condition], str | None, Phase | None, bool]:
-    """Image steps for nix disks: (actions, conditions, message, blocking phase, needs_stop)."""
+def _plan_images(inp: DomainInputs) -> tuple[list[Action], set[Condition], str | None, Phase | None, bool,
+                                              float | None]:
+    """Image steps for nix disks: (actions, conditions, message, blocking phase, needs_stop, retry in)."""
+    retry: float | None = None
     actions: list[Action] = []
     conditions: set[Condition] = set()
     message: str | None = None
@@ -198,20 +200,23 @@ def _plan_images(inp: DomainInputs) -> tuple[list[Action], set[Condition], str |
                     f"now builds {build.image}; set nix.onImageChange to recreate (the old overlay is kept aside)")
         elif build.phase == BuildPhase.failed:
             blocked, message = Phase.error, f"disk {ov.disk}: image build failed: {build.error}"
+            if build.retry_at is not None and build.retry_at > inp.now:
+                retry = build.retry_at - inp.now if retry is None else min(retry, build.retry_at - inp.now)
         elif blocked is None:
             blocked = Phase.building
             message = f"disk {ov.disk}: building the image"
-    return actions, conditions, message, blocked, needs_stop
+    return actions, conditions, message, blocked, needs_stop, retry
 
 
 def _plan_desired(inp: DomainInputs, desired: RenderedDomain) -> Plan:
     observed = inp.observed
     spec = desired.spec
-    actions, conditions, message, blocked, needs_stop = _plan_images(inp)
+    actions, conditions, message, blocked, needs_stop, retry = _plan_images(inp)
     active = observed is not None and observed.power.active
-    if blocked is not None:
+    if blocked is not None:  # a running build requeues its domains when it ends; a failed one is retried
         builds = tuple(a for a in actions if a.kind == Act.build_image)
-        return Plan(actions=builds, phase=blocked, conditions=frozenset(conditions), message=message)
+        return Plan(actions=builds, phase=blocked, conditions=frozenset(conditions), message=message,
+                    requeue_after=retry)
 
     if needs_stop and active:
         builds = tuple(a for a in actions if a.kind == Act.build_image)

@@ -147,6 +147,12 @@ def test_plan_domain(inputs, actions, phase, conditions):
     assert set(plan.conditions) == conditions
 
 
+def test_failed_build_asks_to_be_looked_at_again_when_its_backoff_ends():
+    failed = overlay(exists=False, build=BuildState(BuildPhase.failed, error="boom", retry_at=10))
+    plan = plan_domain(DomainInputs(D_NIX, None, now=4, overlays=(failed,)))
+    assert plan.requeue_after == pytest.approx(6) and "image build failed: boom" in plan.message
+
+
 def test_plan_is_idempotent_once_the_world_matches():
     """After carrying out a plan, the world it produces plans nothing."""
     first = plan_domain(DomainInputs(D, None, now=0))

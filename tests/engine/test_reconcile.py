@@ -257,3 +257,19 @@ async def test_network_in_use_is_not_removed(dirs, settings, start_daemon, fresh
     d.daemon.queue.add(("network", "lab"))
     await d.settle()
     assert "lab" not in [n.name() for n in fresh_libvirt.listAllNetworks()]
+
+
+async def test_missing_disk_file_is_an_error_naming_the_field_and_nothing_is_defined(dirs, settings, start_daemon,
+                                                                                       fresh_libvirt):
+    missing = dirs["images"] / "nope.img"
+    write_json(dirs["config"] / "a.json", {"domains": {
+        "web": domain(disks={"d": {"type": "file", "path": str(missing)}}), "db": domain()}})
+    d = await start_daemon(settings)
+    assert "web" not in names(fresh_libvirt) and state(fresh_libvirt, "db") == libvirt.VIR_DOMAIN_RUNNING
+    entry = d.entry("web")
+    assert entry.phase == "error"
+    assert entry.error == f"a.json: domains.web.disks.d.path: {missing} does not exist"
+    missing.write_bytes(b"")
+    d.daemon.queue.add(("domain", "web"))  # what the 30 s retry does
+    await d.settle()
+    assert state(fresh_libvirt, "web") == libvirt.VIR_DOMAIN_RUNNING

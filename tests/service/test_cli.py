@@ -150,3 +150,21 @@ def test_burst_of_sighups_and_file_writes_ends_with_the_last_config(dirs, tmp_pa
     finally:
         assert stop(proc) == 0
         sock.close()
+
+
+def test_purge_is_explicit_and_refuses_declared_domains(dirs):
+    from daemon.adapters.images import Images
+    overlay = dirs["images"] / "old-root.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(overlay), "16M"], check=True)
+    images = Images(state_dir=str(dirs["state"]))
+    images._record(str(overlay), backing="", domain="old", disk="root")
+    write_json(dirs["config"] / "a.json", {"domains": {"old": domain()}})
+    common = ["--connect", "test:///default", "--config-dir", str(dirs["config"]), "--state-dir", str(dirs["state"])]
+    refused = nvirtd("purge", "old", "--yes", *common)
+    assert refused.returncode == 1 and "is declared in" in refused.stderr and overlay.exists()
+    write_json(dirs["config"] / "a.json", {})
+    dry = nvirtd("purge", "old", *common)
+    assert dry.returncode == 0 and str(overlay) in dry.stdout and overlay.exists()
+    done = nvirtd("purge", "old", "--yes", *common)
+    assert done.returncode == 0 and f"deleted {overlay}" in done.stdout and not overlay.exists()
+    assert Images(state_dir=str(dirs["state"])).registry() == {}

@@ -70,6 +70,11 @@ LIBVIRT: dict[str, str] = {
     "networks.<name>.dhcp.range.end": "`<range end=>`",
     "networks.<name>.dhcp.hosts": "`<host mac= ip= name=>`",
     "networks.<name>.domain": "`<domain name= localOnly='yes'>`",
+    "networks.<name>.ip6": "`<ip family='ipv6'>`",
+    "networks.<name>.ip6.address": "`<ip family='ipv6' address=>`",
+    "networks.<name>.ip6.prefix": "`<ip family='ipv6' prefix=>`",
+    "networks.<name>.dns": "`<dns>`",
+    "networks.<name>.dns.hosts": "`<dns><host ip=><hostname>`",
 }
 
 

@@ -76,9 +76,9 @@ def test_nixos_module_options_follow_the_schema():
         names = set(re.findall(r"^\s*([\w.]+) = (?:opt|req)\b", body, re.M))
         declared = {n for n in names if not n.startswith("options.")}
         assert declared == _flatten(schema, model), f"module block {model} differs from the schema"
-        if model == "Network":  # ip, dhcp and dhcp.range are inline submodules there
+        if model == "Network":  # ip, ip6, dhcp, dhcp.range and dns are inline submodules there
             inline = {n.removeprefix("options.") for n in names - declared}
-            expected = set().union(*(_flatten(schema, m) for m in ("Ip", "Dhcp", "DhcpRange")))
+            expected = set().union(*(_flatten(schema, m) for m in ("Ip", "Ip6", "Dhcp", "DhcpRange", "Dns")))
             assert inline == expected
 
 

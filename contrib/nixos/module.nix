@@ -119,6 +119,13 @@ let
         })) null "Dynamic range.";
         options.hosts = opt (types.attrsOf types.str) { } "Static leases: MAC, domain or DOMAIN.NIC -> IPv4.";
       })) null "DHCP served by libvirt's dnsmasq.";
+      ip6 = opt (nullOr (types.submodule {
+        options.address = req types.str "The host's IPv6 address on the network.";
+        options.prefix = opt types.ints.positive 64 "Prefix length.";
+      })) null "IPv6 address of the host on the network.";
+      dns = opt (nullOr (types.submodule {
+        options.hosts = opt (types.attrsOf types.str) { } "Extra names: hostname -> address.";
+      })) null "DNS entries served by the network's dnsmasq.";
       domain = opt (nullOr types.str) null "DNS domain of the network.";
     };
   };

@@ -68,6 +68,15 @@ def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, s
         sub(root, "bridge", name=spec.bridge or identity.bridge_name(name), stp="on", delay="0")
     if spec.domain:
         sub(root, "domain", name=spec.domain, localOnly="yes")
+    if spec.dns is not None and spec.dns.hosts:
+        dns = sub(root, "dns")
+        by_address: dict[str, list[str]] = {}
+        for hostname, address in sorted(spec.dns.hosts.items()):
+            by_address.setdefault(str(address), []).append(hostname)
+        for address, hostnames in by_address.items():
+            host = sub(dns, "host", ip=address)
+            for hostname in hostnames:
+                sub(host, "hostname", hostname)
     if spec.ip is not None:
         ip = sub(root, "ip", address=str(spec.ip.address), prefix=str(spec.ip.prefix))
         if spec.dhcp is not None:
@@ -80,6 +89,8 @@ def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, s
                 if hostname and re.match(r"^[A-Za-z0-9-]{1,63}$", hostname):
                     attrs["name"] = hostname
                 sub(dhcp, "host", **attrs)
+    if spec.ip6 is not None:
+        sub(root, "ip", family="ipv6", address=str(spec.ip6.address), prefix=str(spec.ip6.prefix))
     digest = spec_hash(root)
     attach_owner(root, Owner(file=source_file, spec_hash=digest))
     return RenderedNetwork(name=name, uuid=uuid, tree=root, spec_hash=digest,

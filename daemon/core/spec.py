@@ -334,6 +334,17 @@ class Ip(Model):
         return ipaddress.IPv4Interface(f"{self.address}/{self.prefix}")
 
 
+class Ip6(Model):
+    address: ipaddress.IPv6Address = Field(description="The host's IPv6 address on the network.")
+    prefix: int = Field(64, ge=1, le=128, description="Prefix length of the network.")
+
+
+class Dns(Model):
+    hosts: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")],
+                ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
+        default_factory=dict, description="Extra names served by the network's DNS: hostname -> address.")
+
+
 class Network(Model):
     uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = Field(
         None, description="Default: derived from the name, stable.")
@@ -342,6 +353,8 @@ class Network(Model):
         None, description="Host bridge: the one to use with forward=bridge, else the name to create."
     )
     ip: Ip | None = Field(None, description="IPv4 address of the host on the network.")
+    ip6: Ip6 | None = Field(None, description="IPv6 address of the host on the network (no DHCPv6).")
+    dns: Dns | None = Field(None, description="DNS entries served by the network's dnsmasq.")
     dhcp: Dhcp | None = Field(None, description="DHCP served by libvirt's dnsmasq.")
     domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,253}$")] | None = Field(
         None, description="DNS domain of the network."
@@ -352,8 +365,9 @@ class Network(Model):
         if self.forward == ForwardMode.bridge:
             if self.bridge is None:
                 raise ValueError("@bridge: forward 'bridge' needs 'bridge': the name of an existing host bridge")
-            if self.ip is not None or self.dhcp is not None:
-                raise ValueError("a bridged network has no 'ip' or 'dhcp': the host bridge's LAN provides them")
+            if any(x is not None for x in (self.ip, self.ip6, self.dhcp, self.dns)):
+                raise ValueError("a bridged network has no 'ip', 'ip6', 'dhcp' or 'dns': the host bridge's LAN "
+                                 "provides them")
         if self.dhcp is not None:
             if self.ip is None:
                 raise ValueError("@ip: 'dhcp' needs 'ip'")

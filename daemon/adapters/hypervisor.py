@@ -116,6 +116,8 @@ class Hypervisor(NetworkOps):
         self.on_domain_event: Callable[[str, str], None] = lambda name, event: None
         self.on_network_event: Callable[[str], None] = lambda name: None
         self.on_close: Callable[[str], None] = lambda reason: None
+        # called in libvirt's event thread: True drops the event there (must be thread-safe)
+        self.event_filter: Callable[[str, str], bool] = lambda name, event: False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._doms: dict[str, Any] = {}  # name -> virDomain: saves a lookup RPC per call
         # every domain name libvirt has, from the last full listing plus the events since:
@@ -217,7 +219,10 @@ class Hypervisor(NetworkOps):
         self._to_loop(self.on_close, why)
 
     def _domain_event(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
-        self._to_loop(self._note_domain_event, dom.name(), DOMAIN_EVENTS.get(event, str(event)))
+        name, kind = dom.name(), DOMAIN_EVENTS.get(event, str(event))
+        if self.event_filter(name, kind):  # expected (our own action's echo): no need to wake the loop
+            return
+        self._to_loop(self._note_domain_event, name, kind)
 
     def _note_domain_event(self, name: str, event: str) -> None:
         if self.known is not None:

@@ -7,10 +7,13 @@ a cold start of 1,000 domains). The executor records the events it expects befor
 it acts; the event source drops a matching event instead of queueing the key.
 An expectation expires after `ttl` seconds, and any event nobody expected (an
 edit, a destroy, a crash) still requeues, so nothing outside nvirtd is missed.
+Thread-safe: libvirt's event thread consumes, so expected events never even wake
+the asyncio loop.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Hashable
 
@@ -20,13 +23,19 @@ class Expectations:
         self.clock = clock
         self.ttl = ttl
         self._pending: dict[Hashable, list[tuple[str, float]]] = {}
+        self._lock = threading.Lock()
 
     def expect(self, key: Hashable, *events: str) -> None:
         deadline = self.clock() + self.ttl
-        self._pending.setdefault(key, []).extend((e, deadline) for e in events)
+        with self._lock:
+            self._pending.setdefault(key, []).extend((e, deadline) for e in events)
 
     def forget(self, key: Hashable, *events: str) -> None:
         """The action failed: its events will not come."""
+        with self._lock:
+            self._forget(key, events)
+
+    def _forget(self, key: Hashable, events: tuple[str, ...]) -> None:
         pending = self._pending.get(key, [])
         for event in events:
             for i, (e, _) in enumerate(pending):
@@ -38,6 +47,10 @@ class Expectations:
 
     def consume(self, key: Hashable, event: str) -> bool:
         """True when `event` was expected for `key` (and is now used up)."""
+        with self._lock:
+            return self._consume(key, event)
+
+    def _consume(self, key: Hashable, event: str) -> bool:
         pending = self._pending.get(key)
         if not pending:
             return False

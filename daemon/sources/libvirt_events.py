@@ -15,12 +15,11 @@ log = structlog.get_logger("nvirtd.events")
 def wire(hv: Hypervisor, enqueue: Callable[[Hashable], None], on_lost: Callable[[str], None],
          expectations: Expectations | None = None) -> None:
     def domain_event(name: str, event: str) -> None:
-        key = ("domain", name)
-        if expectations is not None and expectations.consume(key, event):
-            log.debug("libvirt_domain_event", domain=name, lifecycle=event, expected=True)
-            return
         log.debug("libvirt_domain_event", domain=name, lifecycle=event)
-        enqueue(key)
+        enqueue(("domain", name))
+
+    if expectations is not None:  # runs in libvirt's event thread, before the hop to the loop
+        hv.event_filter = lambda name, event: expectations.consume(("domain", name), event)
 
     def network_event(name: str) -> None:
         log.debug("libvirt_network_event", network=name)

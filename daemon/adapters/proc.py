@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ..errors import CommandError
+from ..errors import CommandError, PermanentError
 
 log = structlog.get_logger("nvirtd.proc")
 TAIL_BYTES = 4000
@@ -30,10 +30,13 @@ async def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | 
         raise TypeError("run() takes a non-empty list of strings")
     log.debug("command_started", argv=argv, **fields)
     full_env = None if env is None else {**os.environ, **env}
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=full_env, cwd=cwd,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=full_env, cwd=cwd,
+        )
+    except FileNotFoundError:
+        raise PermanentError(f"{argv[0]}: command not found (install it, or fix PATH)") from None
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError):

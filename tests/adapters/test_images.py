@@ -160,3 +160,16 @@ async def test_failed_build_reports_the_log_tail_and_backs_off(images, tmp_path)
     assert state.phase == BuildPhase.failed
     assert "missing.nix" in state.error and "No such file or directory" in state.error
     assert state.retry_at is not None
+
+
+async def test_missing_build_command_says_so(tmp_path):
+    images = Images(state_dir=str(tmp_path / "state"), build_command=("nixos-generate-not-installed", "-c", "{path}"),
+                    retry_delay=60)
+    images.request_build(str(tmp_path / "a.nix"))
+    for _ in range(100):
+        if images.build_state(str(tmp_path / "a.nix")).phase == BuildPhase.failed:
+            break
+        await asyncio.sleep(0.02)
+    state = images.build_state(str(tmp_path / "a.nix"))
+    assert state.phase == BuildPhase.failed
+    assert state.error == "nixos-generate-not-installed: command not found (install it, or fix PATH)"

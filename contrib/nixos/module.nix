@@ -166,7 +166,8 @@ in
       wants = [ "libvirtd.service" ];
       after = [ "libvirtd.service" "nix-daemon.service" ];
       reloadTriggers = [ configFile ];
-      path = [ config.nix.package pkgs.qemu_kvm pkgs.iproute2 ];
+      # nix, the default image builder (nixos-generate), qemu-img and ip
+      path = [ config.nix.package pkgs.nixos-generators pkgs.qemu_kvm pkgs.iproute2 ];
       serviceConfig = {
         Type = "notify-reload";
         ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri ] ++ cfg.extraArgs);

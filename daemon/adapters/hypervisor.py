@@ -293,8 +293,9 @@ class Hypervisor(NetworkOps):
         name = dom.name()
         state = dom.state()[0]
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        root = ET.fromstring(xml)
         power = _POWER.get(state, Power.other)
-        owner = parse_owner(xml)
+        owner = parse_owner(root)
         live_hash = None
         if owner is not None and power.active:
             try:
@@ -308,7 +309,6 @@ class Hypervisor(NetworkOps):
         # a transient domain vanishes when it stops: only an active one can be transient
         persistent = not power.active or dom.isPersistent() == 1
         autostart = persistent and dom.autostart() == 1
-        root = ET.fromstring(xml)
         nets = tuple(s.get("network", "") for s in root.findall("./devices/interface[@type='network']/source"))
         return ObservedDomain(
             name=name, uuid=root.findtext("uuid") or "", power=power, owner=owner, live_spec_hash=live_hash,

@@ -20,6 +20,7 @@ An object without the element is not nvirtd's and is never touched.
 from __future__ import annotations
 
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -53,9 +54,9 @@ def owner_xml(owner: Owner) -> str:
     return ET.tostring(el, encoding="unicode")
 
 
-def parse_owner(xml: str) -> Owner | None:
+def parse_owner(xml: str | ET.Element) -> Owner | None:
     """Find our element in a domain's or network's XML; None when it is not ours."""
-    root = ET.fromstring(xml)
+    root = ET.fromstring(xml) if isinstance(xml, str) else xml
     meta = root.find("metadata")
     el = meta.find(OWNER_TAG) if meta is not None else None
     if el is None:
@@ -82,17 +83,21 @@ def spec_hash(root: ET.Element) -> str:
     return _digest(root)
 
 
+_METADATA_OPEN = re.compile(r"<metadata[\s>]")  # libvirt may put namespace declarations on it
+
+
 def fingerprint(libvirt_xml: str) -> str:
-    """Hash of a definition as libvirt holds it, ignoring <metadata> and whitespace."""
-    root = ET.fromstring(libvirt_xml)
-    for meta in root.findall("metadata"):
-        root.remove(meta)
-    for el in root.iter():
-        if el.text is not None and not el.text.strip():
-            el.text = None
-        if el.tail is not None and not el.tail.strip():
-            el.tail = None
-    return _digest(root)
+    """Hash of a definition as libvirt holds it, without its <metadata> block.
+
+    libvirt formats its XML itself (same indentation and attribute order every time),
+    so its text is already canonical: only the metadata block is cut out, which keeps
+    this cheap enough to run on every observation of 1,000 domains.
+    """
+    match = _METADATA_OPEN.search(libvirt_xml)
+    end = libvirt_xml.find("</metadata>", match.start()) if match else -1
+    if match and end != -1:
+        libvirt_xml = libvirt_xml[:match.start()] + libvirt_xml[end + len("</metadata>"):]
+    return hashlib.sha256(libvirt_xml.encode()).hexdigest()[:32]
 
 
 def attach_owner(root: ET.Element, owner: Owner) -> None:

@@ -273,3 +273,17 @@ async def test_missing_disk_file_is_an_error_naming_the_field_and_nothing_is_def
     d.daemon.queue.add(("domain", "web"))  # what the 30 s retry does
     await d.settle()
     assert state(fresh_libvirt, "web") == libvirt.VIR_DOMAIN_RUNNING
+
+
+async def test_network_with_running_domains_is_stable(dirs, settings, start_daemon, fresh_libvirt):
+    """The test driver returns live network XML (with connections=N): no redefine loop."""
+    write_json(dirs["config"] / "a.json", {
+        "domains": {"web": domain(interfaces={"lan": {"network": "lab"}}),
+                    "db": domain(interfaces={"lan": {"network": "lab"}})},
+        "networks": {"lab": {"ip": {"address": "10.9.0.1", "prefix": 24}}}})
+    d = await start_daemon(settings)
+    before = d.hv.mutation_count
+    await d.daemon._resync_all()
+    await d.settle()
+    await asyncio.sleep(0.3)
+    assert d.hv.mutation_count == before, d.hv.mutations

@@ -88,6 +88,10 @@ class Daemon:
             self.reconciler.desired = rendered
             for key in keys:
                 self.queue.add(key)
+            for kind, objs in (("domain", rendered.domains), ("network", rendered.networks)):
+                for name, obj in objs.items():  # `nvirtd status` lists new ones at once, as pending
+                    if (kind, name) not in self.status.entries:
+                        self.status.update(kind, name, phase="pending", file=obj.source_file)
             errors = [str(e) for e in rendered.all_errors]
             self.status.config_errors = errors
             for err in errors:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -61,6 +62,10 @@ class Memory:
         self.shutdowns[name] = ShutdownProgress(started_at=prev.started_at if prev else now, last_sent_at=now)
 
 
+# actions that are libvirt calls, and the adapter operation each one is
+LIBVIRT_OPS = {Act.define: "define_domain", Act.set_autostart: "set_autostart", Act.start: "start",
+               Act.shutdown: "shutdown", Act.destroy: "destroy", Act.undefine: "undefine"}
+
 # libvirt events a successful action causes: they confirm what we did, nothing more
 # (qemu emits RESUMED before STARTED on start)
 CONFIRMING_EVENTS = {Act.define: ("defined",), Act.start: ("resumed", "started")}
@@ -77,50 +82,58 @@ class DomainExecutor:
         self.expectations = expectations or Expectations()
 
     async def run(self, name: str, actions: tuple[Action, ...], desired: RenderedDomain | None) -> None:
-        for action in actions:
-            events = CONFIRMING_EVENTS.get(action.kind, ())
+        """Image actions one by one; each run of consecutive libvirt actions in one adapter call."""
+        i = 0
+        while i < len(actions):
+            batch = [actions[i]]
+            if actions[i].kind in LIBVIRT_OPS:
+                while i + len(batch) < len(actions) and actions[i + len(batch)].kind in LIBVIRT_OPS:
+                    batch.append(actions[i + len(batch)])
+            events = [e for a in batch for e in CONFIRMING_EVENTS.get(a.kind, ())]
             self.expectations.expect(("domain", name), *events)
             try:
-                await self._one(name, action, desired)
+                if batch[0].kind in LIBVIRT_OPS:
+                    await self._libvirt(name, batch, desired)
+                else:
+                    await self._image(name, batch[0], desired)
             except BaseException:
                 self.expectations.forget(("domain", name), *events)
                 raise
-            log.info(f"domain_{action.kind.value.replace('-', '_')}", domain=name,
-                     **({"disk": action.disk} if action.disk else {}))
+            for action in batch:
+                log.info(f"domain_{action.kind.value.replace('-', '_')}", domain=name,
+                         **({"disk": action.disk} if action.disk else {}))
+            i += len(batch)
 
-    async def _one(self, name: str, action: Action, desired: RenderedDomain | None) -> None:
-        now = time.monotonic()
-        match action.kind:
-            case Act.build_image:
-                assert desired is not None and action.disk is not None
-                self.images.request_build(desired.spec.disks[action.disk].path)
-            case Act.create_overlay | Act.recreate_overlay:
-                assert desired is not None and action.disk is not None and action.image is not None
-                disk = desired.spec.disks[action.disk]
-                overlay = identity.overlay_path(self.images_dir, name, action.disk)
-                if action.kind == Act.recreate_overlay:
-                    self.images.move_aside(overlay, domain=name, disk=action.disk)
-                size = disk.nix.size_bytes if disk.nix else None
-                await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
-            case Act.define:
+    async def _image(self, name: str, action: Action, desired: RenderedDomain | None) -> None:
+        assert desired is not None and action.disk is not None
+        if action.kind == Act.build_image:
+            self.images.request_build(desired.spec.disks[action.disk].path)
+            return
+        assert action.image is not None and action.kind in (Act.create_overlay, Act.recreate_overlay)
+        disk = desired.spec.disks[action.disk]
+        overlay = identity.overlay_path(self.images_dir, name, action.disk)
+        if action.kind == Act.recreate_overlay:
+            self.images.move_aside(overlay, domain=name, disk=action.disk)
+        size = disk.nix.size_bytes if disk.nix else None
+        await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
+
+    async def _libvirt(self, name: str, batch: list[Action], desired: RenderedDomain | None) -> None:
+        ops: list[tuple[str, Any]] = []
+        for action in batch:
+            if action.kind == Act.define:
                 assert desired is not None
                 if desired.spec.console_log:  # virtlogd writes it, into a directory that must exist
                     os.makedirs(os.path.dirname(console_log_path(self.state_dir, name)), exist_ok=True)
-                await self.hv.define_domain(desired.xml, Owner(file=desired.source_file, spec_hash=desired.spec_hash))
-            case Act.set_autostart:
-                await self.hv.set_autostart(name, bool(action.value))
-            case Act.start:
-                await self.hv.start(name)
+                ops.append(("define_domain", (desired.xml, Owner(desired.source_file, desired.spec_hash))))
+            else:
+                ops.append((LIBVIRT_OPS[action.kind], action.value))
+        await self.hv.apply(name, ops)
+        now = time.monotonic()
+        for action in batch:
+            if action.kind == Act.start:
                 self.memory.record_start(name, now)
-            case Act.shutdown:
-                await self.hv.shutdown(name)
+            elif action.kind == Act.shutdown:
                 self.memory.record_shutdown(name, now)
-            case Act.destroy:
-                await self.hv.destroy(name)
-            case Act.undefine:
-                await self.hv.undefine(name)
-            case _:
-                raise ValueError(f"not a domain action: {action}")
 
 
 class NetworkExecutor:

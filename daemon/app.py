@@ -246,7 +246,7 @@ class Daemon:
         await self._connect()
         await self.reload(explicit=False)
         await self._resync_all()
-        self._initial = set(self.queue.keys._due)
+        self._initial = set(self.queue.keys.waiting)
         watcher = None
         if self.settings.watch:
             watcher = ConfigDirWatcher(self.settings.config_dir, lambda: self.request_reload(explicit=False),

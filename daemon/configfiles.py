@@ -105,11 +105,3 @@ class ConfigReader:
 def _refused(name: str, reason: str) -> ParsedFile:
     return ParsedFile(file=name, config=None, errors=(ConfigError(name, "", reason),))
 
-
-def read_single_file(path: str) -> ParsedFile:
-    """`nvirtd check FILE`: one file, no trust checks (it is not being applied)."""
-    p = Path(path)
-    try:
-        return parse_text(p.name, p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        return _refused(p.name, f"cannot read: {exc.strerror}")

@@ -125,27 +125,26 @@ def _translate(file: str, err: dict[str, Any]) -> ConfigError:
     return ConfigError(file, path, reason)
 
 
-def _collect_keys(model: type[BaseModel], out: set[str]) -> None:
-    for name, info in model.model_fields.items():
-        out.add(info.alias or name)
-        for arg in _type_args(info.annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel) and arg.__name__ not in _SEEN:
-                _SEEN.add(arg.__name__)
-                _collect_keys(arg, out)
+def _option_names(root: type[BaseModel]) -> set[str]:
+    """Every option name of the format (as written in JSON), for "did you mean" hints."""
+    names: set[str] = set()
+    seen: set[type[BaseModel]] = set()
+    models = [root]
+    while models:
+        model = models.pop()
+        for name, info in model.model_fields.items():
+            names.add(info.alias or name)
+            stack = [info.annotation]
+            while stack:  # look inside Optional[...], dict[..., Model], Annotated[...]
+                item = stack.pop()
+                stack.extend(getattr(item, "__args__", ()) or ())
+                if isinstance(item, type) and issubclass(item, BaseModel) and item not in seen:
+                    seen.add(item)
+                    models.append(item)
+    return names
 
 
-def _type_args(annotation: Any) -> list[Any]:
-    stack, found = [annotation], []
-    while stack:
-        item = stack.pop()
-        found.append(item)
-        stack.extend(getattr(item, "__args__", ()) or ())
-    return found
-
-
-_SEEN: set[str] = set()
-_KNOWN_KEYS: set[str] = set()
-_collect_keys(ConfigFile, _KNOWN_KEYS)
+_KNOWN_KEYS = _option_names(ConfigFile)
 
 
 def _closest(key: str) -> str:

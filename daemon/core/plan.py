@@ -75,10 +75,6 @@ class Plan:
     requeue_after: float | None = None
     message: str | None = None
 
-    @property
-    def mutating(self) -> bool:
-        return bool(self.actions)
-
 
 @dataclass(frozen=True, slots=True)
 class ShutdownProgress:

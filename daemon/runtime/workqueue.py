@@ -43,6 +43,10 @@ class KeyQueue:
     def processing(self) -> frozenset[Hashable]:
         return frozenset(self._processing)
 
+    @property
+    def waiting(self) -> frozenset[Hashable]:
+        return frozenset(self._due) | frozenset(self._dirty)
+
     def add(self, key: Hashable, delay: float = 0.0) -> None:
         due = self.clock() + max(delay, 0.0)
         if key in self._processing:
@@ -93,9 +97,6 @@ class KeyQueue:
 
     def forget(self, key: Hashable) -> None:
         self._failures.pop(key, None)
-
-    def failures(self, key: Hashable) -> int:
-        return self._failures.get(key, 0)
 
 
 class AsyncWorkQueue:

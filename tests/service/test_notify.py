@@ -8,6 +8,7 @@ status file, its exit code.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -162,3 +163,20 @@ def test_watchdog_pid_for_another_process_disables_pings(monkeypatch):
     assert Notifier().watchdog_interval() is None
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     assert Notifier().watchdog_interval() == 0.5
+
+
+def test_logs_are_json_lines_with_the_domain_as_a_field(dirs, notify_socket):
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain(), "db": domain()}})
+    proc = spawn(dirs, notify_socket)
+    try:
+        notify_socket.receive_until(lambda m: m.startswith("READY=1"))
+    finally:
+        assert stop(proc) == 0
+    lines = [json.loads(line) for line in (dirs["state"] / "log").read_text().splitlines()]
+    summaries = [e for e in lines if e["event"] == "reconciled" and "domain" in e]
+    for name in ("web", "db"):
+        mine = [e for e in summaries if e["domain"] == name]
+        assert mine and mine[0]["actions"] == ["define", "set-autostart(true)", "start"]
+        assert isinstance(mine[0]["ms"], float) and mine[0]["phase"] == "running"
+        assert {"domain_define", "domain_start"} <= {e["event"] for e in lines if e.get("domain") == name}
+    assert all("timestamp" in e and "level" in e for e in lines)

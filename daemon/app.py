@@ -169,16 +169,8 @@ class Daemon:
             if self.stop_event.is_set():
                 return
             await self.hv.close()
-            delay = 0.5
-            while not self.stop_event.is_set():
-                try:
-                    await self._connect()
-                    break
-                except NvirtdError as exc:
-                    log.warning("libvirt_reconnect_failed", uri=self.settings.uri, error=str(exc), retry_in=delay)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stop_event.wait(), delay)
-                    delay = min(delay * 2, 30.0)
+            if not await self._connect_with_backoff():
+                return
             self._lost.clear()
             log.info("libvirt_reconnected", uri=self.settings.uri)
             await self._resync_all()
@@ -241,9 +233,27 @@ class Daemon:
             self.notifier.stopping()
             self.stop_event.set()
 
+    async def _connect_with_backoff(self) -> bool:
+        """Connect, retrying while libvirtd is not there yet (started together at boot).
+        False when asked to stop meanwhile."""
+        delay = 0.5
+        while not self.stop_event.is_set():
+            try:
+                await self._connect()
+                return True
+            except NvirtdError as exc:
+                await self.hv.close()
+                log.warning("libvirt_connect_failed", uri=self.settings.uri, error=str(exc), retry_in=delay)
+                self.notifier.status(f"waiting for libvirt at {self.settings.uri}: {exc}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                delay = min(delay * 2, 30.0)
+        return False
+
     async def run(self) -> None:
         self.install_signals()  # before READY: a SIGHUP must never kill us
-        await self._connect()
+        if not await self._connect_with_backoff():
+            return
         await self.reload(explicit=False)
         await self._resync_all()
         self._initial = set(self.queue.keys.waiting)

@@ -180,3 +180,20 @@ def test_logs_are_json_lines_with_the_domain_as_a_field(dirs, notify_socket):
         assert isinstance(mine[0]["ms"], float) and mine[0]["phase"] == "running"
         assert {"domain_define", "domain_start"} <= {e["event"] for e in lines if e.get("domain") == name}
     assert all("timestamp" in e and "level" in e for e in lines)
+
+
+def test_daemon_waits_for_an_unreachable_libvirtd_and_stops_cleanly(dirs, notify_socket):
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain()}})
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path)}
+    uri = f"qemu+unix:///system?socket={dirs['state']}/no-libvirtd.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--connect", uri, "--config-dir",
+                             str(dirs["config"]), "--state-dir", str(dirs["state"])],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        status = notify_socket.receive_until(lambda m: m.startswith("STATUS=waiting for libvirt"), 10)
+        assert uri in status
+        time.sleep(1.0)
+        assert proc.poll() is None, "gave up instead of waiting for libvirtd"
+    finally:
+        assert stop(proc) == 0
+    assert "libvirt_connect_failed" in proc.stderr.read()

@@ -88,3 +88,16 @@ def test_readme_commands_are_the_scripts():
         assert script in readme and os.access(REPO / script, os.X_OK)
     ci = (REPO / ".ci" / "run").read_text()
     assert "./scripts/test" in ci
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/getting-started.md"])
+def test_json_examples_in_the_docs_are_valid_configs(doc):
+    from daemon.core.config import merge, parse_text
+    text = (REPO / doc).read_text()
+    blocks = re.findall(r"```json\n(.*?)```", text, re.S)
+    blocks += re.findall(r"<<'EOF'\n\s*(\{.*?\})\n\s*EOF", text, re.S)
+    assert blocks, f"no JSON example in {doc}"
+    for block in blocks:
+        parsed = parse_text("example.json", block)
+        assert parsed.ok, parsed.errors
+        assert not merge({"example.json": parsed}, {}).errors

@@ -42,6 +42,7 @@ class ConfigDirWatcher:
         self.loop = asyncio.get_running_loop()
         self._observer = Observer()
         self._dir_watch = None
+        self._watched_inode: int | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def relevant(self, path: str, event_type: str = "modified") -> bool:
@@ -58,6 +59,15 @@ class ConfigDirWatcher:
         self._observer.start()
 
     def _watch_dir(self) -> None:
+        """(Re)watch the directory when it appeared or was replaced; otherwise leave the
+        watch alone (dropping it even briefly could miss a save)."""
+        try:
+            inode = self.directory.stat().st_ino if self.directory.is_dir() else None
+        except OSError:
+            inode = None
+        if self._dir_watch is not None and inode is not None and inode == self._watched_inode:
+            return
+        self._watched_inode = inode
         if self._dir_watch is not None:
             try:
                 self._observer.unschedule(self._dir_watch)

@@ -291,10 +291,12 @@ class Hypervisor(NetworkOps):
 
     def _observe_handle(self, dom: Any) -> ObservedDomain:
         name = dom.name()
-        state = dom.state()[0]
+        state, reason = dom.state()
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         root = ET.fromstring(xml)
         power = _POWER.get(state, Power.other)
+        if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP:
+            power = Power.starting
         owner = parse_owner(root)
         live_hash = None
         if owner is not None and power.active:

@@ -14,6 +14,7 @@ from .ownership import Owner
 
 class Power(StrEnum):
     running = "running"
+    starting = "starting"  # paused by libvirt itself while it brings the guest up
     paused = "paused"
     shutting_down = "shutting-down"
     shutoff = "shutoff"

@@ -261,6 +261,8 @@ def _plan_desired(inp: DomainInputs, desired: RenderedDomain) -> Plan:
                         requeue_after=inp.start_not_before - inp.now,
                         message="the guest keeps stopping: next start after a back-off")
         actions.append(Action(Act.start))
+    elif power == Power.starting:  # a start under way (ours, or one a killed nvirtd left): look again soon
+        phase, requeue = Phase.pending, 1.0
     elif power == Power.paused:
         conditions.add(Condition.paused)
         phase = Phase.defined

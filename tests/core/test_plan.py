@@ -98,6 +98,8 @@ CASES = [
                  id="broken-file-holds-removal"),
     pytest.param(DomainInputs(D, observed(power=Power.paused), now=0), [], Phase.defined, {Condition.paused},
                  id="paused-left-alone"),
+    pytest.param(DomainInputs(D, observed(power=Power.starting), now=0), [], Phase.pending, set(),
+                 id="libvirt-still-starting-it-is-not-a-user-pause"),
     pytest.param(DomainInputs(D, observed(power=Power.crashed), now=0), [Act.destroy, Act.start], Phase.running,
                  set(), id="crashed-destroyed-and-started"),
     pytest.param(DomainInputs(D, observed(), now=0, networks_waiting=("lab",)), [], Phase.running, set(),
@@ -159,6 +161,11 @@ def test_plan_is_idempotent_once_the_world_matches():
     assert first.actions
     after = observed(D)
     assert plan_domain(DomainInputs(D, after, now=1)).actions == ()
+
+
+def test_a_start_under_way_is_looked_at_again_soon():
+    plan = plan_domain(DomainInputs(D, observed(power=Power.starting), now=0))
+    assert plan.requeue_after == 1.0 and plan.actions == ()
 
 
 def test_shutdown_uses_domain_timeout():

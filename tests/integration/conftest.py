@@ -7,8 +7,8 @@ after each test, whatever happened, so a failed test leaves nothing running.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -92,9 +92,6 @@ def restart_libvirtd() -> None:
     for _ in range(100):
         if subprocess.run(["virsh", "-c", SYSTEM_URI, "version"], capture_output=True).returncode == 0:
             return
-        import time
         time.sleep(0.1)
     raise AssertionError("libvirtd did not come back")
 
-
-os.environ.setdefault("LIBVIRT_DEFAULT_URI", SYSTEM_URI)

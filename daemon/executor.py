@@ -16,6 +16,7 @@ import structlog
 
 from .adapters import hostnet
 from .adapters.hypervisor import Hypervisor
+from .adapters.hypervisor_networks import runs_on_this_host
 from .adapters.images import Images
 from .core import identity
 from .core.domain_xml import RenderedDomain, console_log_path
@@ -139,8 +140,13 @@ class DomainExecutor:
 class NetworkExecutor:
     def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
+        # networks restarted whose guests' NICs are not all back on the bridge yet: a
+        # failure half-way must not be forgotten once the network itself looks fine
+        self.reattach_pending: set[str] = set()
 
     async def run(self, name: str, actions: tuple[Action, ...], desired: RenderedNetwork | None) -> None:
+        if any(a.kind == Act.reattach_nics for a in actions):
+            self.reattach_pending.add(name)
         for action in actions:
             match action.kind:
                 case Act.define:
@@ -154,12 +160,26 @@ class NetworkExecutor:
                     await self.hv.destroy_network(name)
                 case Act.undefine:
                     await self.hv.undefine_network(name)
+                    self.reattach_pending.discard(name)
                 case Act.reattach_nics:
-                    bridge, taps = await self.hv.network_taps(name)
-                    for domain, tap in taps:
-                        await hostnet.plug(tap, bridge, domain=domain)
-                        log.info("domain_nic_reattached", domain=domain, network=name, tap=tap, bridge=bridge)
+                    await self._reattach(name)
+                    self.reattach_pending.discard(name)
                     continue
                 case _:
                     raise ValueError(f"not a network action: {action}")
             log.info(f"network_{action.kind.value.replace('-', '_')}", network=name)
+
+    async def _reattach(self, name: str) -> None:
+        if not runs_on_this_host(self.hv.uri):
+            # the test driver has no taps; a remote host's guests stay detached until they restart
+            level = log.debug if self.hv.uri.startswith("test:") else log.warning
+            level("network_nics_not_reattached", network=name, uri=self.hv.uri,
+                  detail="the guests' tap devices are not on this host")
+            return
+        bridge, taps = await self.hv.network_taps(name)
+        for domain, tap in taps:
+            if await hostnet.plug(tap, bridge, domain=domain):
+                log.info("domain_nic_reattached", domain=domain, network=name, tap=tap, bridge=bridge)
+            else:
+                log.info("domain_nic_gone", domain=domain, network=name, tap=tap,
+                         detail="the guest stopped meanwhile")

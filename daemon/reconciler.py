@@ -194,7 +194,7 @@ class Reconciler:
                         if any(n.network == name for n in r.spec.interfaces.values())]
             used_by = tuple(sorted(set(declared) | set(await self.hv.domains_using_network(name))))
         plan = plan_network(NetworkInputs(desired=desired, observed=observed, held=held, conflict=conflict,
-                                          used_by=used_by))
+                                          used_by=used_by, reattach_pending=name in self.networks.reattach_pending))
         if not self.dry_run:
             await self.networks.run(name, plan.actions, desired)
         before = self.status.entries.get(("network", name))

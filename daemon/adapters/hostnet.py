@@ -10,9 +10,22 @@ and the guest only sees its link come back.
 
 from __future__ import annotations
 
+import os
+
+from ..errors import CommandError
 from . import proc
 
+SYS_NET = "/sys/class/net"
 
-async def plug(tap: str, bridge: str, *, domain: str) -> None:
-    await proc.run(["ip", "link", "set", "dev", tap, "master", bridge], domain=domain)
-    await proc.run(["ip", "link", "set", "dev", tap, "up"], domain=domain)
+
+async def plug(tap: str, bridge: str, *, domain: str) -> bool:
+    """Put tap on bridge and bring it up. False when the tap no longer exists (its
+    guest stopped meanwhile): nothing to plug, not an error."""
+    try:
+        await proc.run(["ip", "link", "set", "dev", tap, "master", bridge], domain=domain)
+        await proc.run(["ip", "link", "set", "dev", tap, "up"], domain=domain)
+    except CommandError:
+        if not os.path.exists(os.path.join(SYS_NET, tap)):
+            return False
+        raise
+    return True

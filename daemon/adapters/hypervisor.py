@@ -290,6 +290,17 @@ class Hypervisor(NetworkOps):
             raise
 
     def _observe_handle(self, dom: Any) -> ObservedDomain:
+        """One consistent look; a domain that stops between two of its reads (libvirt
+        then refuses the live-only read as "not running") is looked at again."""
+        for _ in range(2):
+            try:
+                return self._look(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+        return self._look(dom)
+
+    def _look(self, dom: Any) -> ObservedDomain:
         name = dom.name()
         state, reason = dom.state()
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)

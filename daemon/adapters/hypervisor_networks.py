@@ -6,6 +6,7 @@ translated there, mutations are counted.
 
 from __future__ import annotations
 
+import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -23,6 +24,14 @@ def _network_inactive_xml(net: Any) -> str:
         if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
             raise
         return net.XMLDesc(0)
+
+
+def runs_on_this_host(uri: str) -> bool:
+    """True when the guests' tap devices are this host's: a local qemu/lxc driver
+    (qemu:///system, qemu+unix:///system), not a remote host nor the test driver."""
+    parts = urllib.parse.urlsplit(uri)
+    driver, _, transport = parts.scheme.partition("+")
+    return driver in ("qemu", "lxc", "ch") and transport in ("", "unix") and not parts.hostname
 
 
 class NetworkOps:

@@ -290,6 +290,7 @@ class NetworkInputs:
     held: bool = False
     conflict: bool = False
     used_by: tuple[str, ...] = ()  # domains (declared or still defined) whose NICs use it
+    reattach_pending: bool = False  # a restart whose guests' NICs were not all plugged back yet
 
 
 def plan_network(inp: NetworkInputs) -> Plan:
@@ -319,10 +320,15 @@ def plan_network(inp: NetworkInputs) -> Plan:
         actions.append(Action(Act.define))
     if observed is None or not observed.persistent or not observed.autostart:
         actions.append(Action(Act.set_autostart, value=True))
-    if observed is None or not observed.active:
+    # A network's bridge is deleted when it stops and made anew when it starts; guests
+    # that kept running keep their taps, detached: they are plugged back in after a start.
+    if observed is None:
         actions.append(Action(Act.start))
+    elif not observed.active:  # stopped behind our back (virsh net-destroy): guests may be on it
+        actions += [Action(Act.start), Action(Act.reattach_nics)]
     elif observed.live_spec_hash != desired.spec_hash:
-        # libvirt applies a network's new definition only on restart; the restart drops
-        # the guests' taps from the bridge, so they are plugged back in afterwards.
+        # libvirt applies a network's new definition only on restart
         actions += [Action(Act.destroy), Action(Act.start), Action(Act.reattach_nics)]
+    elif inp.reattach_pending:
+        actions.append(Action(Act.reattach_nics))
     return Plan(actions=tuple(actions), phase=Phase.running)

@@ -92,7 +92,12 @@ async def test_nat_network_gives_the_static_lease_and_survives_a_change(dirs, sy
     await d.reload()
     await wait_for(lambda: "10.213.0.150" in system_conn.networkLookupByName("nvt-lab").XMLDesc(0), 30, "applied")
     await wait_for(lambda: tap_of(system_conn, "nvt-idle") in bridge_ports(bridge), 30, "NIC back on the bridge")
-    assert "reattach-nics" in d.entry("nvt-lab", "network").last_actions
+    await wait_for(lambda: "reattach-nics" in d.entry("nvt-lab", "network").last_actions, 10, "reattach reported")
+
+    # stopped behind nvirtd's back (virsh net-destroy): started again, the guest plugged back in
+    system_conn.networkLookupByName("nvt-lab").destroy()
+    await wait_for(lambda: system_conn.networkLookupByName("nvt-lab").isActive() == 1, 30, "network restarted")
+    await wait_for(lambda: tap_of(system_conn, "nvt-idle") in bridge_ports(bridge), 30, "NIC back after net-destroy")
 
 
 async def test_domains_are_removed_before_their_network(dirs, system_settings, start_daemon, system_conn):

@@ -1,0 +1,46 @@
+"""Observing a domain while it changes under us, on libvirt's test driver.
+
+A guest can stop between two of the reads that make one observation (its state,
+then its live metadata). The race is real; to hit it every time, the domain
+handle is wrapped so that the real domain is destroyed right after its state was
+read. Nothing else is faked: the error that follows is the test driver's own.
+"""
+
+from __future__ import annotations
+
+import libvirt
+
+from daemon.adapters.hypervisor import Hypervisor
+from daemon.core.observed import Power
+from tests.conftest import TEST_URI, domain, write_json
+
+
+class StopsAfterStateRead:
+    def __init__(self, dom):
+        self._dom = dom
+
+    def state(self):
+        now = self._dom.state()
+        self._dom.destroy()
+        self.state = self._dom.state  # only the first look races
+        return now
+
+    def __getattr__(self, attr):
+        return getattr(self._dom, attr)
+
+
+async def test_a_domain_that_stops_mid_observation_is_seen_stopped(dirs, settings, start_daemon, fresh_libvirt):
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain()}})
+    d = await start_daemon(settings)
+    assert fresh_libvirt.lookupByName("web").state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    d.daemon.stop()  # only an adapter of our own is used from here on
+    await d.task
+    hv = Hypervisor(TEST_URI)
+    await hv.connect()
+    try:
+        hv._doms["web"] = StopsAfterStateRead(fresh_libvirt.lookupByName("web"))
+        observed = await hv.observe_domain("web")
+        assert observed is not None and observed.power == Power.shutoff
+        assert observed.live_spec_hash is None and observed.owned
+    finally:
+        await hv.close()

@@ -155,12 +155,18 @@ class NetworkExecutor:
                 case Act.set_autostart:
                     await self.hv.set_network_autostart(name, bool(action.value))
                 case Act.start:
-                    await self.hv.start_network(name)
+                    await self.hv.start_network(name, desired.xml if desired is not None else None)
                 case Act.destroy:
                     await self.hv.destroy_network(name)
                 case Act.undefine:
                     await self.hv.undefine_network(name)
                     self.reattach_pending.discard(name)
+                case Act.update_hosts:
+                    await self.hv.update_network_hosts(name, action.updates)
+                    for command, host in action.updates:
+                        log.info(f"network_host_{'added' if command == 'add' else 'deleted'}", network=name,
+                                 section=host.section, host=host.xml)
+                    continue
                 case Act.reattach_nics:
                     await self._reattach(name)
                     self.reattach_pending.discard(name)

@@ -12,18 +12,26 @@ from typing import Any
 
 import libvirt
 
+from ..core.network_xml import StaticHost, static_hosts
 from ..core.observed import ObservedNetwork
 from ..core.ownership import NAMESPACE, fingerprint, parse_owner
 
 
-def _network_inactive_xml(net: Any) -> str:
-    """The persistent definition; the test driver has no INACTIVE flag for networks."""
+def _network_inactive_xml(net: Any) -> tuple[str, bool]:
+    """The persistent definition, and whether it was told apart from the live one: the
+    test driver has no INACTIVE flag for networks and shows the live definition."""
     try:
-        return net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+        return net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE), True
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
             raise
-        return net.XMLDesc(0)
+        return net.XMLDesc(0), False
+
+
+_UPDATE_COMMANDS = {"delete": libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                    "add": libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST}
+_UPDATE_SECTIONS = {"ip-dhcp-host": libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                    "dns-host": libvirt.VIR_NETWORK_SECTION_DNS_HOST}
 
 
 def runs_on_this_host(uri: str) -> bool:
@@ -48,12 +56,18 @@ class NetworkOps:
         try:
             net = self._c().networkLookupByName(name)
             active = net.isActive() == 1
-            xml = _network_inactive_xml(net)
+            xml, apart = _network_inactive_xml(net)
             owner = parse_owner(xml)
-            live_hash = None
+            live_hash = live_restart = None
+            live_hosts: frozenset[StaticHost] = frozenset()
             if active and owner is not None:
-                live_owner = parse_owner(net.XMLDesc(0))
+                live = ET.fromstring(net.XMLDesc(0))
+                live_owner = parse_owner(live)
                 live_hash = live_owner.spec_hash if live_owner else ""
+                # an update in place is only seen as done where the persistent definition
+                # can be read apart from the live one; elsewhere the network restarts
+                live_restart = live_owner.restart_hash if live_owner and apart else None
+                live_hosts = static_hosts(live)
             persistent = net.isPersistent() == 1
             autostart = persistent and net.autostart() == 1
         except libvirt.libvirtError as exc:
@@ -63,6 +77,7 @@ class NetworkOps:
         return ObservedNetwork(
             name=name, uuid=ET.fromstring(xml).findtext("uuid") or "", active=active, owner=owner,
             live_spec_hash=live_hash, fingerprint=fingerprint(xml), autostart=autostart, persistent=persistent,
+            live_restart_hash=live_restart, live_hosts=live_hosts,
         )
 
     # ---- network writes -------------------------------------------------------------
@@ -73,31 +88,61 @@ class NetworkOps:
         defining a second time with it (libvirt's expansion is stable).
         """
         self._count("define_network")
+        return await self._run(self._define_network, xml)
 
-        def define() -> str:
-            conn = self._c()
-            net = conn.networkDefineXML(xml)
-            inactive = _network_inactive_xml(net)
-            fp = fingerprint(inactive)
-            root = ET.fromstring(inactive)
-            owner = root.find(f"metadata/{{{NAMESPACE}}}owner")
-            if owner is not None:
-                owner.set("fingerprint", fp)
-                conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
-            return fp
-        return await self._run(define)
+    def _define_network(self, xml: str) -> str:
+        conn = self._c()
+        net = conn.networkDefineXML(xml)
+        inactive, apart = _network_inactive_xml(net)
+        fp = fingerprint(inactive)
+        # defined again as read back, which keeps what libvirt generated (the bridge's
+        # MAC); but where that is the live definition (test driver, running network)
+        # it would put the old one back: ours then, and start_network defines it again
+        root = ET.fromstring(inactive if apart or not net.isActive() else xml)
+        owner = root.find(f"metadata/{{{NAMESPACE}}}owner")
+        if owner is not None:
+            owner.set("fingerprint", fp)
+            conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
+        return fp
 
     async def set_network_autostart(self, name: str, on: bool) -> None:
         self._count("set_network_autostart")
         await self._run(lambda: self._c().networkLookupByName(name).setAutostart(1 if on else 0))
 
-    async def start_network(self, name: str) -> None:
+    async def start_network(self, name: str, xml: str | None = None) -> None:
+        """Start it; with `xml`, from that definition. libvirt's test driver drops a
+        definition made while the network ran when it stops: it is made again here."""
         self._count("start_network")
-        await self._run(lambda: self._c().networkLookupByName(name).create())
+
+        def start() -> bool:
+            net = self._c().networkLookupByName(name)
+            redefine = False
+            if xml is not None:
+                held = parse_owner(_network_inactive_xml(net)[0])  # stopped: this is the persistent one
+                wanted = parse_owner(xml)
+                redefine = wanted is not None and (held is None or held.spec_hash != wanted.spec_hash)
+                if redefine:
+                    self._define_network(xml)
+            net.create()
+            return redefine
+        if await self._run(start):
+            self._count("define_network")
 
     async def destroy_network(self, name: str) -> None:
         self._count("destroy_network")
         await self._run(lambda: self._c().networkLookupByName(name).destroy())
+
+    async def update_network_hosts(self, name: str, updates: tuple[tuple[str, StaticHost], ...]) -> None:
+        """Apply (command, host) pairs to the running network only; the persistent
+        definition is the define's business."""
+        self._count("update_network")
+
+        def update() -> None:
+            net = self._c().networkLookupByName(name)
+            for command, host in updates:
+                net.update(_UPDATE_COMMANDS[command], _UPDATE_SECTIONS[host.section], -1, host.xml,
+                           libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE)
+        await self._run(update)
 
     async def undefine_network(self, name: str) -> None:
         self._count("undefine_network")

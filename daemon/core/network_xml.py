@@ -5,13 +5,18 @@ PURE: standard library only (plus the spec models).
 Static DHCP hosts may name a MAC, a domain (its only NIC on this network) or
 DOMAIN.NIC; names are resolved here against the desired domains, so the lease
 follows the domain's stable MAC.
+
+Static DHCP and DNS hosts are the part of a network libvirt can change while it
+runs (virNetworkUpdate): `static_hosts` gives them in a form that compares equal
+between our XML and libvirt's, and the restart hash covers everything else.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import identity
@@ -20,9 +25,50 @@ from .xmlbuild import RenderedXml, sub
 from .spec import Domain, ForwardMode, Network
 
 
+# virNetworkUpdate's section names (as virsh spells them) and where each lives
+LIVE_SECTIONS = {"ip-dhcp-host": "ip/dhcp/host", "dns-host": "dns/host"}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class StaticHost:
+    """One <host> of a live-updatable section, canonical: attributes sorted, so libvirt's
+    attribute order does not matter."""
+
+    section: str
+    xml: str
+
+
+def _canonical(el: ET.Element) -> str:
+    out = ET.Element(el.tag, dict(sorted(el.attrib.items())))
+    for child in el:
+        sub(out, child.tag, (child.text or "").strip(), **dict(sorted(child.attrib.items())))
+    return ET.tostring(out, encoding="unicode")
+
+
+def static_hosts(root: ET.Element) -> frozenset[StaticHost]:
+    return frozenset(StaticHost(section, _canonical(el))
+                     for section, path in LIVE_SECTIONS.items() for el in root.findall(path))
+
+
+def restart_hash(root: ET.Element) -> str:
+    """Hash of the rendered XML without what a live update can change."""
+    bare = copy.deepcopy(root)
+    for path in LIVE_SECTIONS.values():
+        parent_path, _, tag = path.rpartition("/")
+        for parent in bare.findall(parent_path):
+            for el in parent.findall(tag):
+                parent.remove(el)
+    dns = bare.find("dns")
+    if dns is not None and len(dns) == 0 and not dns.attrib:  # the first DNS host is live too
+        bare.remove(dns)
+    return spec_hash(bare)
+
+
 @dataclass(frozen=True)
 class RenderedNetwork(RenderedXml):
     spec: Network
+    restart_hash: str = ""
+    hosts: frozenset[StaticHost] = field(default_factory=frozenset, compare=False)
 
 
 def nics_on(network: str, domains: Mapping[str, Domain]) -> dict[str, list[tuple[str, str]]]:
@@ -91,7 +137,8 @@ def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, s
                 sub(dhcp, "host", **attrs)
     if spec.ip6 is not None:
         sub(root, "ip", family="ipv6", address=str(spec.ip6.address), prefix=str(spec.ip6.prefix))
-    digest = spec_hash(root)
-    attach_owner(root, Owner(file=source_file, spec_hash=digest))
-    return RenderedNetwork(name=name, uuid=uuid, tree=root, spec_hash=digest,
-                           source_file=source_file, spec=spec)
+    digest, restart = spec_hash(root), restart_hash(root)
+    hosts = static_hosts(root)
+    attach_owner(root, Owner(file=source_file, spec_hash=digest, restart_hash=restart))
+    return RenderedNetwork(name=name, uuid=uuid, tree=root, spec_hash=digest, source_file=source_file,
+                           spec=spec, restart_hash=restart, hosts=hosts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .network_xml import StaticHost
 from .ownership import Owner
 
 
@@ -54,6 +55,8 @@ class ObservedNetwork:
     fingerprint: str
     autostart: bool
     persistent: bool = True
+    live_restart_hash: str | None = None  # the running network's, None if unknown
+    live_hosts: frozenset[StaticHost] = frozenset()  # static DHCP/DNS hosts it serves now
 
     @property
     def owned(self) -> bool:

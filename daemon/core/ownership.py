@@ -14,6 +14,9 @@ in nvirtd's own XML namespace:
 - `fingerprint` is the hash of the inactive XML libvirt produced from it, read
   back right after the define (again without metadata). If the definition libvirt
   holds later hashes differently, someone edited it (virsh edit, virt-manager).
+- `restart-hash` (networks only) is the hash of the rendered XML without its static
+  DHCP and DNS hosts: when only hosts changed, a running network is updated in place
+  (virNetworkUpdate) instead of restarted.
 An object without the element is not nvirtd's and is never touched.
 """
 
@@ -35,6 +38,7 @@ class Owner:
     file: str
     spec_hash: str
     fingerprint: str | None = None
+    restart_hash: str | None = None
 
 
 def owner_element(owner: Owner) -> ET.Element:
@@ -43,6 +47,8 @@ def owner_element(owner: Owner) -> ET.Element:
     el.set("spec-hash", owner.spec_hash)
     if owner.fingerprint:
         el.set("fingerprint", owner.fingerprint)
+    if owner.restart_hash:
+        el.set("restart-hash", owner.restart_hash)
     return el
 
 
@@ -59,17 +65,19 @@ def parse_owner(xml: str | ET.Element) -> Owner | None:
     root = ET.fromstring(xml) if isinstance(xml, str) else xml
     meta = root.find("metadata")
     el = meta.find(OWNER_TAG) if meta is not None else None
-    if el is None:
-        return None
-    return Owner(file=el.get("file", ""), spec_hash=el.get("spec-hash", ""), fingerprint=el.get("fingerprint"))
+    return None if el is None else _owner_of(el)
+
+
+def _owner_of(el: ET.Element) -> Owner:
+    return Owner(file=el.get("file", ""), spec_hash=el.get("spec-hash", ""), fingerprint=el.get("fingerprint"),
+                 restart_hash=el.get("restart-hash"))
 
 
 def parse_owner_element(xml: str | None) -> Owner | None:
     """Parse the bare element libvirt's metadata() call returns."""
     if not xml:
         return None
-    el = ET.fromstring(xml)
-    return Owner(file=el.get("file", ""), spec_hash=el.get("spec-hash", ""), fingerprint=el.get("fingerprint"))
+    return _owner_of(ET.fromstring(xml))
 
 
 def _digest(root: ET.Element) -> str:

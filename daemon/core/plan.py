@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .domain_xml import RenderedDomain
-from .network_xml import RenderedNetwork
+from .network_xml import RenderedNetwork, StaticHost
 from .observed import BuildPhase, ObservedDomain, ObservedNetwork, OverlayState, Power
 
 SHUTDOWN_RESEND_SECONDS = 5.0
@@ -53,6 +53,7 @@ class Act(StrEnum):
     destroy = "destroy"
     undefine = "undefine"
     reattach_nics = "reattach-nics"
+    update_hosts = "update-hosts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +62,12 @@ class Action:
     disk: str | None = None  # image actions
     image: str | None = None  # store image for overlay actions
     value: bool | None = None  # set-autostart
+    updates: tuple[tuple[str, StaticHost], ...] = ()  # update-hosts: ("delete" | "add", host), in order
 
     def __str__(self) -> str:
+        if self.updates:
+            adds = sum(1 for command, _ in self.updates if command == "add")
+            return f"{self.kind}(+{adds} -{len(self.updates) - adds})"
         extra = self.disk or (str(self.value).lower() if self.value is not None else "")
         return f"{self.kind}({extra})" if extra else str(self.kind)
 
@@ -326,9 +331,21 @@ def plan_network(inp: NetworkInputs) -> Plan:
         actions.append(Action(Act.start))
     elif not observed.active:  # stopped behind our back (virsh net-destroy): guests may be on it
         actions += [Action(Act.start), Action(Act.reattach_nics)]
-    elif observed.live_spec_hash != desired.spec_hash:
+    elif observed.live_spec_hash != desired.spec_hash and observed.live_restart_hash != desired.restart_hash:
         # libvirt applies a network's new definition only on restart
         actions += [Action(Act.destroy), Action(Act.start), Action(Act.reattach_nics)]
-    elif inp.reattach_pending:
-        actions.append(Action(Act.reattach_nics))
+    else:
+        if observed.live_hosts != desired.hosts:
+            # only static DHCP/DNS hosts differ (changed in the config, or live with
+            # virsh net-update): updated in place, no guest loses its link
+            actions.append(Action(Act.update_hosts, updates=host_updates(observed.live_hosts, desired.hosts)))
+        if inp.reattach_pending:
+            actions.append(Action(Act.reattach_nics))
     return Plan(actions=tuple(actions), phase=Phase.running)
+
+
+def host_updates(live: frozenset[StaticHost], wanted: frozenset[StaticHost]) -> tuple[tuple[str, StaticHost], ...]:
+    """Deletions first (libvirt refuses to add a host that clashes with one it has),
+    then additions; a changed host is deleted and added again."""
+    return (tuple(("delete", h) for h in sorted(live - wanted))
+            + tuple(("add", h) for h in sorted(wanted - live)))

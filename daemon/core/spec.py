@@ -321,7 +321,8 @@ class Dhcp(Model):
     range: DhcpRange | None = Field(None, description="Dynamic range (omit for static leases only).")
     hosts: dict[str, ipaddress.IPv4Address] = Field(
         default_factory=dict,
-        description="Static leases: key is a MAC, a domain name, or DOMAIN.NIC; value an IPv4 address.",
+        description="Static leases: key is a MAC, a domain name, or DOMAIN.NIC; value an IPv4 address. "
+                    "Applied to a running network in place (no restart).",
     )
 
 
@@ -342,7 +343,8 @@ class Ip6(Model):
 class Dns(Model):
     hosts: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")],
                 ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
-        default_factory=dict, description="Extra names served by the network's DNS: hostname -> address.")
+        default_factory=dict,
+        description="Extra names served by the network's DNS: hostname -> address. Applied in place (no restart).")
 
 
 class Network(Model):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 STDLIB_OK = {"__future__", "dataclasses", "enum", "hashlib", "ipaddress", "json", "re", "typing", "uuid",
-             "xml", "difflib", "pathlib", "collections", "functools"}
+             "xml", "difflib", "pathlib", "collections", "functools", "copy"}
 
 
 def imports(path: Path) -> set[str]:

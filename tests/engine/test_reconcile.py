@@ -287,3 +287,31 @@ async def test_network_with_running_domains_is_stable(dirs, settings, start_daem
     await d.settle()
     await asyncio.sleep(0.3)
     assert d.hv.mutation_count == before, d.hv.mutations
+
+
+async def test_a_changed_network_converges_and_then_stays_quiet(dirs, settings, start_daemon, fresh_libvirt):
+    """The test driver shows a running network's live definition only: a lease change is
+    applied by a restart there (in place on a real libvirtd, see the integration tests),
+    and the redefined network must not be defined again and again."""
+    def config(ip: str) -> dict:
+        return {"domains": {"web": domain(interfaces={"lan": {"network": "lab"}})},
+                "networks": {"lab": {"ip": {"address": "10.9.0.1", "prefix": 24},
+                                     "dhcp": {"range": {"start": "10.9.0.100", "end": "10.9.0.200"},
+                                              "hosts": {"web": ip}}}}}
+
+    write_json(dirs["config"] / "a.json", config("10.9.0.10"))
+    d = await start_daemon(settings)
+    write_json(dirs["config"] / "a.json", config("10.9.0.11"))
+    await d.reload()
+    live = fresh_libvirt.networkLookupByName("lab").XMLDesc(0)
+    assert "ip='10.9.0.11'" in live and "ip='10.9.0.10'" not in live
+    assert d.entry("lab", "network").phase == "running"
+    before = d.hv.mutation_count
+    await d.reload()
+    await d.daemon._resync_all()
+    await d.settle()
+    assert d.hv.mutation_count == before, d.hv.mutations
+    d.daemon.stop()
+    await d.task
+    again = await start_daemon(settings)
+    assert again.hv.mutation_count == 0, again.hv.mutations

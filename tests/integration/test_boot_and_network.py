@@ -86,8 +86,33 @@ async def test_nat_network_gives_the_static_lease_and_survives_a_change(dirs, sy
     await wait_for(lambda: running(system_conn, "nvt-idle"), 30, "nvt-idle running")
     tap = tap_of(system_conn, "nvt-idle")
     assert tap in bridge_ports(bridge)
-    net["dhcp"]["range"]["end"] = "10.213.0.150"  # a change that needs a network restart
+
+    # a changed static lease is applied in place: dnsmasq is not restarted, no guest is unplugged,
+    # and the guest (which boots again and again: it powers off after its lease) gets the new one
+    before = dict(d.hv.mutations)
+    net["dhcp"]["hosts"]["nvt-dhcp"] = "10.213.0.11"
+    write_json(dirs["config"] / "a.json", config)
+    await d.reload()
+    await wait_for(lambda: "NVIRTD-DHCP-OK lease of 10.213.0.11" in console(dirs["state"], "nvt-dhcp"), 120,
+                   "the new static lease")
+    assert subprocess.run(["pgrep", "-f", "dnsmasq.*nvt-lab"], capture_output=True, text=True).stdout == dnsmasq
+    assert tap_of(system_conn, "nvt-idle") == tap and tap in bridge_ports(bridge)
+    assert d.hv.mutations["destroy_network"] == before.get("destroy_network", 0)
+    assert d.hv.mutations["update_network"] == before.get("update_network", 0) + 1
+    assert d.entry("nvt-lab", "network").last_actions == ["define", "update-hosts(+1 -1)"]
+    persistent = system_conn.networkLookupByName("nvt-lab").XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+    assert "ip='10.213.0.11'" in persistent and "ip='10.213.0.10'" not in persistent
+
     config["domains"]["nvt-dhcp"]["state"] = "stopped"  # it has shown its lease: stop its boot loop
+    write_json(dirs["config"] / "a.json", config)
+    await d.reload()
+    await wait_for(lambda: not running(system_conn, "nvt-dhcp"), 30, "nvt-dhcp stopped")
+    d.daemon.stop()  # a daemon restart after an update in place changes nothing
+    await d.task
+    d = await start_daemon(system_settings)
+    assert d.hv.mutation_count == 0, d.hv.mutations
+
+    net["dhcp"]["range"]["end"] = "10.213.0.150"  # a change that needs a network restart
     write_json(dirs["config"] / "a.json", config)
     await d.reload()
     await wait_for(lambda: "10.213.0.150" in system_conn.networkLookupByName("nvt-lab").XMLDesc(0), 30, "applied")

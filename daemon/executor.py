@@ -183,9 +183,9 @@ class NetworkExecutor:
                   detail="the guests' tap devices are not on this host")
             return
         bridge, taps = await self.hv.network_taps(name)
-        for domain, tap in taps:
-            if await hostnet.plug(tap, bridge, domain=domain):
-                log.info("domain_nic_reattached", domain=domain, network=name, tap=tap, bridge=bridge)
+        for tap in taps:
+            if await hostnet.plug(tap, bridge):
+                log.info("domain_nic_reattached", domain=tap.domain, network=name, tap=tap.dev, bridge=bridge)
             else:
-                log.info("domain_nic_gone", domain=domain, network=name, tap=tap,
+                log.info("domain_nic_gone", domain=tap.domain, network=name, tap=tap.dev,
                          detail="the guest stopped meanwhile")

@@ -15,6 +15,7 @@ import libvirt
 from ..core.network_xml import StaticHost, static_hosts
 from ..core.observed import ObservedNetwork
 from ..core.ownership import NAMESPACE, fingerprint, parse_owner
+from .hostnet import GuestTap
 
 
 def _network_inactive_xml(net: Any) -> tuple[str, bool]:
@@ -148,16 +149,17 @@ class NetworkOps:
         self._count("undefine_network")
         await self._run(lambda: self._c().networkLookupByName(name).undefine())
 
-    async def network_taps(self, network: str) -> tuple[str, list[tuple[str, str]]]:
-        """The network's bridge, and (domain, tap device) of every running NIC on it."""
-        def scan() -> tuple[str, list[tuple[str, str]]]:
+    async def network_taps(self, network: str) -> tuple[str, list[GuestTap]]:
+        """The network's bridge, and the tap of every running NIC on it."""
+        def scan() -> tuple[str, list[GuestTap]]:
             bridge = self._c().networkLookupByName(network).bridgeName()
             taps = []
             for dom in self._c().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
                 root = ET.fromstring(dom.XMLDesc(0))
                 for iface in root.findall("./devices/interface[@type='network']"):
-                    source, target = iface.find("source"), iface.find("target")
-                    if source is not None and source.get("network") == network and target is not None:
-                        taps.append((dom.name(), target.get("dev", "")))
+                    source, target, mac = iface.find("source"), iface.find("target"), iface.find("mac")
+                    if (source is not None and source.get("network") == network and target is not None
+                            and mac is not None):
+                        taps.append(GuestTap(dom.name(), target.get("dev", ""), mac.get("address", "")))
             return bridge, taps
         return await self._run(scan)

@@ -188,4 +188,4 @@ class NetworkExecutor:
                 log.info("domain_nic_reattached", domain=tap.domain, network=name, tap=tap.dev, bridge=bridge)
             else:
                 log.info("domain_nic_gone", domain=tap.domain, network=name, tap=tap.dev,
-                         detail="the guest stopped meanwhile")
+                         detail="the guest stopped meanwhile; its tap is gone or now another guest's")

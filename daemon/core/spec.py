@@ -382,6 +382,13 @@ class Network(Model):
                     raise ValueError(f"@dhcp: {addr} is outside the network {net}")
             if rng and int(rng.start) > int(rng.end):
                 raise ValueError(f"@dhcp.range: dhcp range starts ({rng.start}) after it ends ({rng.end})")
+            given: dict[ipaddress.IPv4Address, str] = {}
+            for key, addr in sorted(self.dhcp.hosts.items()):
+                if addr == self.ip.address:
+                    raise ValueError(f"@dhcp.hosts.{key}: {addr} is the host's own address on the network (ip.address)")
+                if addr in given:
+                    raise ValueError(f"@dhcp.hosts.{key}: {addr} is given to {given[addr]!r} too")
+                given[addr] = key
         return self
 
 

@@ -76,6 +76,12 @@ BAD = [
     pytest.param({"networks": {"lab": {"ip": {"address": "10.0.0.1", "prefix": 24},
                                        "dhcp": {"range": {"start": "10.1.0.2", "end": "10.1.0.9"}}}}},
                  "networks.lab.dhcp", "10.1.0.2 is outside the network 10.0.0.0/24", id="dhcp-outside-net"),
+    pytest.param({"networks": {"lab": {"ip": {"address": "10.0.0.1", "prefix": 24},
+                                       "dhcp": {"hosts": {"web": "10.0.0.10", "db": "10.0.0.10"}}}}},
+                 "networks.lab.dhcp.hosts.web", "10.0.0.10 is given to 'db' too", id="dhcp-same-ip-twice"),
+    pytest.param({"networks": {"lab": {"ip": {"address": "10.0.0.1", "prefix": 24},
+                                       "dhcp": {"hosts": {"web": "10.0.0.1"}}}}},
+                 "networks.lab.dhcp.hosts.web", "the host's own address", id="dhcp-host-is-gateway"),
     pytest.param([], "", "the top level must be an object", id="top-level-array"),
 ]
 

@@ -366,7 +366,15 @@ class Hypervisor(NetworkOps):
         self._on_dom(name, lambda d: d.setAutostart(1 if on else 0))
 
     def _op_start(self, name: str, _: Any) -> None:
-        self._on_dom(name, lambda d: d.create())
+        def start(d: Any) -> None:
+            try:
+                d.create()
+            except libvirt.libvirtError:
+                # started by someone else since we looked (virsh start, libvirt's autostart):
+                # the error says "already running" (OPERATION_INVALID; INTERNAL_ERROR on the test driver)
+                if d.isActive() != 1:
+                    raise
+        self._on_dom(name, start)
 
     def _op_shutdown(self, name: str, _: Any) -> None:
         self._on_dom(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(

@@ -1,4 +1,4 @@
-"""Observing a domain while it changes under us, on libvirt's test driver.
+"""The adapter while a domain changes under us, on libvirt's test driver.
 
 A guest can stop between two of the reads that make one observation (its state,
 then its live metadata). The race is real; to hit it every time, the domain
@@ -42,5 +42,21 @@ async def test_a_domain_that_stops_mid_observation_is_seen_stopped(dirs, setting
         observed = await hv.observe_domain("web")
         assert observed is not None and observed.power == Power.shutoff
         assert observed.live_spec_hash is None and observed.owned
+    finally:
+        await hv.close()
+
+
+async def test_starting_a_domain_someone_else_just_started_is_not_an_error(dirs, settings, start_daemon,
+                                                                          fresh_libvirt):
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain(state="stopped")}})
+    d = await start_daemon(settings)
+    d.daemon.stop()
+    await d.task
+    hv = Hypervisor(TEST_URI)
+    await hv.connect()
+    try:
+        fresh_libvirt.lookupByName("web").create()  # virsh start, between our look and our start
+        await hv.apply("web", [("start", None)])
+        assert fresh_libvirt.lookupByName("web").isActive() == 1
     finally:
         await hv.close()

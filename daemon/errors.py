@@ -37,3 +37,7 @@ class CommandError(NvirtdError):
 
 class ConnectionLost(TemporaryError):
     """The libvirt connection is gone; the app reconnects and resyncs."""
+
+
+class HypervisorError(TemporaryError):
+    """libvirt refused or failed an operation; retried with backoff."""

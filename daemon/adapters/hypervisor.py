@@ -1,4 +1,6 @@
-"""libvirt, behind one small async interface. The only module that imports libvirt.
+"""libvirt, behind one small async interface. Only hypervisor*.py import libvirt:
+this module connects, reads and listens; hypervisor_domains and hypervisor_networks
+(mixins) hold the writes.
 
 - Every call that can block runs in this adapter's thread pool, never on the loop.
 - libvirtError is translated here: NO_DOMAIN/NO_NETWORK become None on lookups,
@@ -28,9 +30,10 @@ from typing import Any, TypeVar
 import libvirt
 
 from ..core.observed import ObservedDomain, Power
-from ..core.ownership import NAMESPACE, PREFIX, Owner, fingerprint, owner_xml, parse_owner, parse_owner_element
+from ..core.ownership import NAMESPACE, fingerprint, parse_owner, parse_owner_element
 from ..core.spec import VirtType
-from ..errors import ConnectionLost, TemporaryError
+from ..errors import ConnectionLost, HypervisorError
+from .hypervisor_domains import DomainOps
 from .hypervisor_networks import NetworkOps
 
 T = TypeVar("T")
@@ -50,33 +53,9 @@ DOMAIN_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
     libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
 }
-UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)
 
 _event_lock = threading.Lock()
 _event_thread: threading.Thread | None = None
-
-
-def _with_flags_fallback(call: Callable[[int], Any], flags: int) -> Any:
-    """call(flags), or call(0) on drivers that do not know the flags (the test driver)."""
-    try:
-        return call(flags)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
-            raise
-        return call(0)
-
-
-def _unless_stopped(call: Callable[[], Any]) -> None:
-    """Stopping a domain that stopped on its own meanwhile is not an error."""
-    try:
-        call()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
-            raise
-
-
-class HypervisorError(TemporaryError):
-    """libvirt refused or failed an operation; retried with backoff."""
 
 
 def register_event_loop() -> None:
@@ -100,7 +79,7 @@ def _no_object(exc: libvirt.libvirtError) -> bool:
     return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK)
 
 
-class Hypervisor(NetworkOps):
+class Hypervisor(DomainOps, NetworkOps):
     def __init__(self, uri: str, *, threads: int = 8, connections: int = 4) -> None:
         self.uri = uri
         self.conn: libvirt.virConnect | None = None  # the one with the event callbacks
@@ -337,54 +316,3 @@ class Hypervisor(NetworkOps):
                     users.append(dom.name())
             return users
         return await self._run(scan)
-
-    # ---- domain writes --------------------------------------------------------------
-    # One synchronous function per operation; `apply` runs several of them for one
-    # domain in a single thread job (define, autostart and start of a new domain cost
-    # one hop to the pool, not three), counting each as a mutation.
-    async def apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
-        for kind, _ in ops:
-            self._count(kind)
-        await self._run(self._apply, name, ops)
-
-    def _apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
-        for kind, arg in ops:
-            getattr(self, f"_op_{kind}")(name, arg)
-
-    def _op_define_domain(self, _name: str, arg: tuple[str, Owner]) -> None:
-        xml, owner = arg
-        dom = self._c().defineXML(xml)
-        self._doms[dom.name()] = dom
-        if self.known is not None:
-            self.known.add(dom.name())
-        fp = fingerprint(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        recorded = Owner(file=owner.file, spec_hash=owner.spec_hash, fingerprint=fp)
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(recorded), PREFIX, NAMESPACE,
-                        libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-
-    def _op_set_autostart(self, name: str, on: bool) -> None:
-        self._on_dom(name, lambda d: d.setAutostart(1 if on else 0))
-
-    def _op_start(self, name: str, _: Any) -> None:
-        def start(d: Any) -> None:
-            try:
-                d.create()
-            except libvirt.libvirtError:
-                # started by someone else since we looked (virsh start, libvirt's autostart):
-                # the error says "already running" (OPERATION_INVALID; INTERNAL_ERROR on the test driver)
-                if d.isActive() != 1:
-                    raise
-        self._on_dom(name, start)
-
-    def _op_shutdown(self, name: str, _: Any) -> None:
-        self._on_dom(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
-            d.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)))
-
-    def _op_destroy(self, name: str, _: Any) -> None:
-        self._on_dom(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
-            d.destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)))
-
-    def _op_undefine(self, name: str, _: Any) -> None:
-        # without KEEP_NVRAM (drivers that lack the flag) libvirt refuses to drop NVRAM, never deletes it
-        self._on_dom(name, lambda d: _with_flags_fallback(d.undefineFlags, UNDEFINE_FLAGS))
-        self._doms.pop(name, None)

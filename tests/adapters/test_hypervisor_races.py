@@ -9,8 +9,10 @@ read. Nothing else is faked: the error that follows is the test driver's own.
 from __future__ import annotations
 
 import libvirt
+import pytest
 
 from daemon.adapters.hypervisor import Hypervisor
+from daemon.errors import HypervisorError
 from daemon.core.observed import Power
 from tests.conftest import TEST_URI, domain, write_json
 
@@ -55,8 +57,36 @@ async def test_starting_a_domain_someone_else_just_started_is_not_an_error(dirs,
     hv = Hypervisor(TEST_URI)
     await hv.connect()
     try:
+        assert (await hv.observe_domain("web")).power == Power.shutoff
         fresh_libvirt.lookupByName("web").create()  # virsh start, between our look and our start
         await hv.apply("web", [("start", None)])
         assert fresh_libvirt.lookupByName("web").isActive() == 1
+    finally:
+        await hv.close()
+
+
+FOREIGN = """<domain type='test'><name>web</name><uuid>0b2c6a1e-3f1d-4c11-9d3e-5a7f00c0ffee</uuid>
+<memory>65536</memory><os><type>hvm</type></os></domain>"""
+
+
+async def test_a_change_never_reaches_a_foreign_domain_that_took_the_name(dirs, settings, start_daemon,
+                                                                           fresh_libvirt):
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain(state="stopped")}})
+    d = await start_daemon(settings)
+    d.daemon.stop()
+    await d.task
+    hv = Hypervisor(TEST_URI)
+    await hv.connect()
+    try:
+        assert (await hv.observe_domain("web")).owned
+        # between our look and our change, ours is undefined and someone else's defined as "web"
+        fresh_libvirt.lookupByName("web").undefine()
+        fresh_libvirt.defineXML(FOREIGN)
+        await hv.apply("web", [("undefine", None)])  # ours is gone: done
+        with pytest.raises(HypervisorError):
+            await hv.apply("web", [("start", None)])  # ours is gone: look again
+        foreign = fresh_libvirt.lookupByName("web")
+        assert foreign.UUIDString() == "0b2c6a1e-3f1d-4c11-9d3e-5a7f00c0ffee" and foreign.isActive() == 0
+        assert hv.mutations["undefine"] == 1  # counted as attempted, but nothing foreign was touched
     finally:
         await hv.close()

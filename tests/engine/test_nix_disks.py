@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 

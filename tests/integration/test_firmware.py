@@ -7,7 +7,6 @@ import os
 import shutil
 import xml.etree.ElementTree as ET
 
-import libvirt
 import pytest
 
 from tests.conftest import domain, write_json

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import libvirt
 import pytest
 
 from daemon.adapters.images import image_info

@@ -9,9 +9,8 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from tests.conftest import REPO, domain, write_json
+from tests.conftest import domain, write_json
 from tests.service.test_notify import spawn, stop
 
 

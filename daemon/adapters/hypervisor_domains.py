@@ -1,0 +1,118 @@
+"""libvirt domains: the writing half of the Hypervisor adapter (see hypervisor.py).
+
+Same rules: blocking calls run in the adapter's pool, libvirtError is translated
+there, mutations are counted. One synchronous function per operation; `apply`
+runs several of them for one domain in a single thread job (define, autostart and
+start of a new domain cost one hop to the pool, not three).
+
+A change is only ever made through the handle the reconciler's last look cached,
+never by looking the name up again: a domain defined under that name since then
+may not be nvirtd's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import libvirt
+
+from ..core.ownership import NAMESPACE, PREFIX, Owner, fingerprint, owner_xml
+from ..errors import HypervisorError
+
+T = TypeVar("T")
+UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)
+
+
+def _with_flags_fallback(call: Callable[[int], Any], flags: int) -> Any:
+    """call(flags), or call(0) on drivers that do not know the flags (the test driver)."""
+    try:
+        return call(flags)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+            raise
+        return call(0)
+
+
+def _unless_stopped(call: Callable[[], Any]) -> None:
+    """Stopping a domain that stopped on its own meanwhile is not an error."""
+    try:
+        call()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+            raise
+
+
+class DomainOps:
+    """Mixed into Hypervisor, which provides _run, _c, _count, _doms and known."""
+
+    _run: Any
+    _c: Any
+    _count: Any
+    _doms: dict[str, Any]
+    known: set[str] | None
+
+    async def apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
+        for kind, _ in ops:
+            self._count(kind)
+        await self._run(self._apply, name, ops)
+
+    def _apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
+        for kind, arg in ops:
+            getattr(self, f"_op_{kind}")(name, arg)
+
+    def _on_observed(self, name: str, fn: Callable[[Any], T], *, gone_is_done: bool = False) -> T | None:
+        """fn(the handle the last look cached), for a change. The name is never looked up
+        again here: a domain defined under it since we looked may not be ours. A handle
+        whose domain is gone means: look again (or, with gone_is_done, nothing left to do)."""
+        dom = self._doms.get(name)
+        if dom is None:
+            raise HypervisorError(f"domain {name!r} changed since it was looked at; looking again")
+        try:
+            return fn(dom)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            self._doms.pop(name, None)
+            if gone_is_done:
+                return None
+            raise
+
+    def _op_define_domain(self, _name: str, arg: tuple[str, Owner]) -> None:
+        xml, owner = arg
+        dom = self._c().defineXML(xml)
+        self._doms[dom.name()] = dom
+        if self.known is not None:
+            self.known.add(dom.name())
+        fp = fingerprint(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        recorded = Owner(file=owner.file, spec_hash=owner.spec_hash, fingerprint=fp)
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(recorded), PREFIX, NAMESPACE,
+                        libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def _op_set_autostart(self, name: str, on: bool) -> None:
+        self._on_observed(name, lambda d: d.setAutostart(1 if on else 0))
+
+    def _op_start(self, name: str, _: Any) -> None:
+        def start(d: Any) -> None:
+            try:
+                d.create()
+            except libvirt.libvirtError:
+                # started by someone else since we looked (virsh start, libvirt's autostart):
+                # the error says "already running" (OPERATION_INVALID; INTERNAL_ERROR on the test driver)
+                if d.isActive() != 1:
+                    raise
+        self._on_observed(name, start)
+
+    # stopping or undefining a domain that is gone (a transient one vanishes when it stops) is done
+    def _op_shutdown(self, name: str, _: Any) -> None:
+        self._on_observed(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
+            d.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)), gone_is_done=True)
+
+    def _op_destroy(self, name: str, _: Any) -> None:
+        self._on_observed(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
+            d.destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)), gone_is_done=True)
+
+    def _op_undefine(self, name: str, _: Any) -> None:
+        # without KEEP_NVRAM (drivers that lack the flag) libvirt refuses to drop NVRAM, never deletes it
+        self._on_observed(name, lambda d: _with_flags_fallback(d.undefineFlags, UNDEFINE_FLAGS), gone_is_done=True)
+        self._doms.pop(name, None)

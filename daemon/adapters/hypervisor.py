@@ -221,8 +221,9 @@ class Hypervisor(DomainOps, NetworkOps):
         return self._pool_conns[self._next]
 
     def _on_dom(self, name: str, fn: Callable[[Any], T]) -> T:
-        """fn(domain handle), looked up once and cached; a stale handle (the name now
-        belongs to another UUID) is dropped and looked up again."""
+        """For a look: fn(domain handle), looked up once and cached; a stale handle (the
+        name now belongs to another UUID) is dropped and looked up again. Changes use
+        _on_observed, which never looks a name up again."""
         dom = self._doms.get(name)
         if dom is not None:
             try:

@@ -99,6 +99,7 @@ class Hypervisor(DomainOps, NetworkOps):
         self.event_filter: Callable[[str, str], bool] = lambda name, event: False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._doms: dict[str, Any] = {}  # name -> virDomain: saves a lookup RPC per call
+        self._nets: dict[str, Any] = {}  # name -> virNetwork of the last look (see hypervisor_handles)
         # every domain name libvirt has, from the last full listing plus the events since:
         # a name not in it needs no lookup RPC to learn that it does not exist
         self.known: set[str] | None = None
@@ -175,6 +176,7 @@ class Hypervisor(DomainOps, NetworkOps):
                 pass
         self._callback_ids = []
         self._doms.clear()
+        self._nets.clear()
         self.known = None  # events may be missed while disconnected: list again
         try:
             conn.unregisterCloseCallback()

@@ -5,9 +5,8 @@ there, mutations are counted. One synchronous function per operation; `apply`
 runs several of them for one domain in a single thread job (define, autostart and
 start of a new domain cost one hop to the pool, not three).
 
-A change is only ever made through the handle the reconciler's last look cached,
-never by looking the name up again: a domain defined under that name since then
-may not be nvirtd's.
+A change is only ever made through the handle the reconciler's last look cached
+(see hypervisor_handles.py).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from ..core.ownership import NAMESPACE, PREFIX, Owner, fingerprint, owner_xml
-from ..errors import HypervisorError
+from .hypervisor_handles import through_cached
 
 T = TypeVar("T")
 UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)
@@ -62,21 +61,8 @@ class DomainOps:
             getattr(self, f"_op_{kind}")(name, arg)
 
     def _on_observed(self, name: str, fn: Callable[[Any], T], *, gone_is_done: bool = False) -> T | None:
-        """fn(the handle the last look cached), for a change. The name is never looked up
-        again here: a domain defined under it since we looked may not be ours. A handle
-        whose domain is gone means: look again (or, with gone_is_done, nothing left to do)."""
-        dom = self._doms.get(name)
-        if dom is None:
-            raise HypervisorError(f"domain {name!r} changed since it was looked at; looking again")
-        try:
-            return fn(dom)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-            self._doms.pop(name, None)
-            if gone_is_done:
-                return None
-            raise
+        return through_cached(self._doms, "domain", name, fn, gone_code=libvirt.VIR_ERR_NO_DOMAIN,
+                              gone_is_done=gone_is_done)
 
     def _op_define_domain(self, _name: str, arg: tuple[str, Owner]) -> None:
         xml, owner = arg

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import urllib.parse
 import xml.etree.ElementTree as ET
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import libvirt
 
@@ -16,6 +17,9 @@ from ..core.network_xml import StaticHost, static_hosts
 from ..core.observed import ObservedNetwork
 from ..core.ownership import NAMESPACE, fingerprint, parse_owner
 from .hostnet import GuestTap
+from .hypervisor_handles import through_cached
+
+T = TypeVar("T")
 
 
 def _network_inactive_xml(net: Any) -> tuple[str, bool]:
@@ -49,13 +53,18 @@ class NetworkOps:
     _run: Any
     _c: Any
     _count: Any
+    _nets: dict[str, Any]  # name -> the virNetwork handle of the last look
+
+    def _on_observed_net(self, name: str, fn: Callable[[Any], T], *, gone_is_done: bool = False) -> T | None:
+        return through_cached(self._nets, "network", name, fn, gone_code=libvirt.VIR_ERR_NO_NETWORK,
+                              gone_is_done=gone_is_done)
 
     async def observe_network(self, name: str) -> ObservedNetwork | None:
         return await self._run(self._observe_network, name)
 
     def _observe_network(self, name: str) -> ObservedNetwork | None:
         try:
-            net = self._c().networkLookupByName(name)
+            net = self._nets[name] = self._c().networkLookupByName(name)
             active = net.isActive() == 1
             xml, apart = _network_inactive_xml(net)
             owner = parse_owner(xml)
@@ -73,6 +82,7 @@ class NetworkOps:
             autostart = persistent and net.autostart() == 1
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                self._nets.pop(name, None)
                 return None
             raise
         return ObservedNetwork(
@@ -94,6 +104,7 @@ class NetworkOps:
     def _define_network(self, xml: str) -> str:
         conn = self._c()
         net = conn.networkDefineXML(xml)
+        self._nets[net.name()] = net
         inactive, apart = _network_inactive_xml(net)
         fp = fingerprint(inactive)
         # defined again as read back, which keeps what libvirt generated (the bridge's
@@ -108,15 +119,14 @@ class NetworkOps:
 
     async def set_network_autostart(self, name: str, on: bool) -> None:
         self._count("set_network_autostart")
-        await self._run(lambda: self._c().networkLookupByName(name).setAutostart(1 if on else 0))
+        await self._run(lambda: self._on_observed_net(name, lambda net: net.setAutostart(1 if on else 0)))
 
     async def start_network(self, name: str, xml: str | None = None) -> None:
         """Start it; with `xml`, from that definition. libvirt's test driver drops a
         definition made while the network ran when it stops: it is made again here."""
         self._count("start_network")
 
-        def start() -> bool:
-            net = self._c().networkLookupByName(name)
+        def start(net: Any) -> bool:
             redefine = False
             if xml is not None:
                 held = parse_owner(_network_inactive_xml(net)[0])  # stopped: this is the persistent one
@@ -126,33 +136,33 @@ class NetworkOps:
                     self._define_network(xml)
             net.create()
             return redefine
-        if await self._run(start):
+        if await self._run(lambda: self._on_observed_net(name, start)):
             self._count("define_network")
 
     async def destroy_network(self, name: str) -> None:
         self._count("destroy_network")
-        await self._run(lambda: self._c().networkLookupByName(name).destroy())
+        await self._run(lambda: self._on_observed_net(name, lambda net: net.destroy(), gone_is_done=True))
 
     async def update_network_hosts(self, name: str, updates: tuple[tuple[str, StaticHost], ...]) -> None:
         """Apply (command, host) pairs to the running network only; the persistent
         definition is the define's business."""
         self._count("update_network")
 
-        def update() -> None:
-            net = self._c().networkLookupByName(name)
+        def update(net: Any) -> None:
             for command, host in updates:
                 net.update(_UPDATE_COMMANDS[command], _UPDATE_SECTIONS[host.section], -1, host.xml,
                            libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE)
-        await self._run(update)
+        await self._run(lambda: self._on_observed_net(name, update))
 
     async def undefine_network(self, name: str) -> None:
         self._count("undefine_network")
-        await self._run(lambda: self._c().networkLookupByName(name).undefine())
+        await self._run(lambda: self._on_observed_net(name, lambda net: net.undefine(), gone_is_done=True))
+        self._nets.pop(name, None)
 
     async def network_taps(self, network: str) -> tuple[str, list[GuestTap]]:
         """The network's bridge, and the tap of every running NIC on it."""
-        def scan() -> tuple[str, list[GuestTap]]:
-            bridge = self._c().networkLookupByName(network).bridgeName()
+        def scan(net: Any) -> tuple[str, list[GuestTap]]:
+            bridge = net.bridgeName()
             taps = []
             for dom in self._c().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
                 root = ET.fromstring(dom.XMLDesc(0))
@@ -162,4 +172,6 @@ class NetworkOps:
                             and mac is not None):
                         taps.append(GuestTap(dom.name(), target.get("dev", ""), mac.get("address", "")))
             return bridge, taps
-        return await self._run(scan)
+        found = await self._run(lambda: self._on_observed_net(network, scan))
+        assert found is not None
+        return found

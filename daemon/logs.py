@@ -1,7 +1,10 @@
-"""structlog set-up: readable on a terminal, JSON lines otherwise (journald keeps them).
+"""structlog set-up: fields in the journal under systemd, readable on a terminal,
+JSON lines otherwise.
 
-Every line about a domain carries `domain=NAME`, so `journalctl -u nvirtd -o cat |
-jq 'select(.domain=="web")'` (or grep '"domain": "web"') follows one VM.
+Every line about a domain carries `domain=NAME`. Under systemd it becomes the journal
+field DOMAIN (see runtime/journal.py), so `journalctl -u nvirtd DOMAIN=web` follows one
+VM and `journalctl -u nvirtd -p warning` shows only problems; elsewhere the JSON lines
+can be filtered with `jq 'select(.domain=="web")'`.
 """
 
 from __future__ import annotations
@@ -11,21 +14,33 @@ import sys
 
 import structlog
 
+from .runtime import journal
 
-def configure(level: str = "info", *, json: bool | None = None, stream=None) -> None:
+AUTO = "auto"
+
+
+def configure(level: str = "info", *, json: bool | None = None, stream=None, journal_socket: str | None = AUTO) -> None:
+    """journal_socket: AUTO (when stderr is systemd's journal stream), a path, or None."""
     stream = stream or sys.stderr
-    if json is None:
-        json = not stream.isatty()
+    if journal_socket == AUTO:
+        journal_socket = journal.socket_for(stream)
     processors: list = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
-    renderer = structlog.processors.JSONRenderer(sort_keys=False) if json else structlog.dev.ConsoleRenderer(colors=False)
+    if journal_socket is not None:
+        sink = journal.JournalLogger(journal_socket, fallback=stream)
+        last, factory = journal.as_event_dict, (lambda *_args: sink)
+    else:
+        if json is None:
+            json = not stream.isatty()
+        last = structlog.processors.JSONRenderer(sort_keys=False) if json else structlog.dev.ConsoleRenderer(colors=False)
+        factory = structlog.PrintLoggerFactory(file=stream)
     structlog.configure(
-        processors=processors + [renderer],
+        processors=processors + [last],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )

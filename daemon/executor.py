@@ -41,6 +41,9 @@ class Memory:
     shutdowns: dict[str, ShutdownProgress] = field(default_factory=dict)
     starts: dict[str, StartRecord] = field(default_factory=dict)
     removal_timeouts: dict[str, float] = field(default_factory=dict)
+    # networks restarted whose guests' NICs are not all back on the bridge yet: a
+    # failure half-way must not be forgotten once the network itself looks fine
+    reattach_pending: set[str] = field(default_factory=set)
 
     QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
 
@@ -138,15 +141,13 @@ class DomainExecutor:
 
 
 class NetworkExecutor:
-    def __init__(self, hv: Hypervisor) -> None:
+    def __init__(self, hv: Hypervisor, memory: Memory) -> None:
         self.hv = hv
-        # networks restarted whose guests' NICs are not all back on the bridge yet: a
-        # failure half-way must not be forgotten once the network itself looks fine
-        self.reattach_pending: set[str] = set()
+        self.memory = memory
 
     async def run(self, name: str, actions: tuple[Action, ...], desired: RenderedNetwork | None) -> None:
         if any(a.kind == Act.reattach_nics for a in actions):
-            self.reattach_pending.add(name)
+            self.memory.reattach_pending.add(name)
         for action in actions:
             match action.kind:
                 case Act.define:
@@ -160,7 +161,7 @@ class NetworkExecutor:
                     await self.hv.destroy_network(name)
                 case Act.undefine:
                     await self.hv.undefine_network(name)
-                    self.reattach_pending.discard(name)
+                    self.memory.reattach_pending.discard(name)
                 case Act.update_hosts:
                     await self.hv.update_network_hosts(name, action.updates)
                     for command, host in action.updates:
@@ -169,7 +170,7 @@ class NetworkExecutor:
                     continue
                 case Act.reattach_nics:
                     await self._reattach(name)
-                    self.reattach_pending.discard(name)
+                    self.memory.reattach_pending.discard(name)
                     continue
                 case _:
                     raise ValueError(f"not a network action: {action}")

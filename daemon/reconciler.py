@@ -43,7 +43,7 @@ class Reconciler:
         self.expectations = Expectations()
         self.domains = DomainExecutor(hv, images, self.memory, images_dir=images_dir, state_dir=state_dir,
                                       expectations=self.expectations)
-        self.networks = NetworkExecutor(hv)
+        self.networks = NetworkExecutor(hv, self.memory)
         self.passes = 0
         self.enqueue: Callable[[Key], None] = lambda key: None
 
@@ -194,7 +194,7 @@ class Reconciler:
                         if any(n.network == name for n in r.spec.interfaces.values())]
             used_by = tuple(sorted(set(declared) | set(await self.hv.domains_using_network(name))))
         plan = plan_network(NetworkInputs(desired=desired, observed=observed, held=held, conflict=conflict,
-                                          used_by=used_by, reattach_pending=name in self.networks.reattach_pending))
+                                          used_by=used_by, reattach_pending=name in self.memory.reattach_pending))
         if not self.dry_run:
             await self.networks.run(name, plan.actions, desired)
         before = self.status.entries.get(("network", name))

@@ -67,7 +67,8 @@ class NetworkOps:
             net = self._nets[name] = self._c().networkLookupByName(name)
             active = net.isActive() == 1
             xml, apart = _network_inactive_xml(net)
-            owner = parse_owner(xml)
+            root = ET.fromstring(xml)
+            owner = parse_owner(root)
             live_hash = live_restart = None
             live_hosts: frozenset[StaticHost] = frozenset()
             if active and owner is not None:
@@ -86,7 +87,7 @@ class NetworkOps:
                 return None
             raise
         return ObservedNetwork(
-            name=name, uuid=ET.fromstring(xml).findtext("uuid") or "", active=active, owner=owner,
+            name=name, uuid=root.findtext("uuid") or "", active=active, owner=owner,
             live_spec_hash=live_hash, fingerprint=fingerprint(xml), autostart=autostart, persistent=persistent,
             live_restart_hash=live_restart, live_hosts=live_hosts,
         )

@@ -10,6 +10,9 @@ point outside the directory. A config file can attach any block device to a VM, 
 whoever can write it is root.
 
 Parsing is cached by (inode, size, mtime): a reload re-reads only files that changed.
+A `*.json` that is not a regular file (a directory, a FIFO: opening one would block)
+is skipped and reported as such; a file larger than MAX_FILE_BYTES is an error
+without being read (a config of 5,000 domains is about 1.5 MB).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.config import ConfigError, ParsedFile, parse_text
+
+MAX_FILE_BYTES = 8 * 2**20
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
 def is_config_name(name: str) -> bool:
@@ -39,6 +46,17 @@ class DirectoryProblem:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A `*.json` entry that is not read, and why (it declares nothing)."""
+
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: skipped: {self.reason}"
+
+
 class ConfigReader:
     def __init__(self, directory: str, *, trust_checks: bool = True) -> None:
         path = Path(directory).absolute()
@@ -47,6 +65,7 @@ class ConfigReader:
         self.directory = path.parent if self.only else path
         self.trust_checks = trust_checks
         self._cache: dict[str, tuple[tuple[int, int, int, int], ParsedFile]] = {}
+        self.skipped: list[Skipped] = []  # of the last read
 
     def read(self) -> tuple[dict[str, ParsedFile], DirectoryProblem | None]:
         """Every config file's parse result, keyed by file name; or a problem with the directory."""
@@ -62,6 +81,7 @@ class ConfigReader:
             if problem:
                 return {}, DirectoryProblem(problem)
         results: dict[str, ParsedFile] = {}
+        self.skipped = []
         for name in names:
             if is_config_name(name):
                 parsed = self._read_one(name)
@@ -82,6 +102,8 @@ class ConfigReader:
         except FileNotFoundError:
             return None  # removed while we listed: the next event reports it
         if not stat.S_ISREG(st.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            self.skipped.append(Skipped(name, f"{kind}, not a regular file"))
             return None
         if self.trust_checks:
             problem = _trust_problem(path, st, "config file")
@@ -91,6 +113,9 @@ class ConfigReader:
         cached = self._cache.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
+        if st.st_size > MAX_FILE_BYTES:
+            return _refused(name, f"the file is {st.st_size / 2**20:.1f} MiB, more than the "
+                                  f"{MAX_FILE_BYTES // 2**20} MiB a config file may be: not read")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -103,5 +128,5 @@ class ConfigReader:
 
 
 def _refused(name: str, reason: str) -> ParsedFile:
-    return ParsedFile(file=name, config=None, errors=(ConfigError(name, "", reason),))
+    return ParsedFile(file=name, config=None, errors=(ConfigError.at(name, (), reason),))
 

@@ -3,8 +3,8 @@
 PURE: standard library only (plus the spec models).
 
 A domain or network whose rendering fails (e.g. a static lease naming a domain
-that has no NIC on the network) gets a ConfigError with its file and path, and is
-held at its last good state like a broken file.
+that has no NIC on the network) gets a ConfigError with its file and path, and its
+whole file is held at its last good rendering, as for a broken file.
 """
 
 from __future__ import annotations
@@ -50,15 +50,18 @@ def render_all(state: DesiredState, ctx: RenderContext, previous: Rendered | Non
         try:
             domains[name] = render_domain(name, decl.spec, ctx, source_file=decl.file)  # type: ignore[arg-type]
         except ValueError as exc:
-            errors.append(ConfigError(decl.file, f"domains.{name}", str(exc)))
-            held.add(("domain", name))
+            errors.append(ConfigError.at(decl.file, ("domains", name), str(exc)))
     for name, decl in state.networks.items():
         spec: Network = decl.spec  # type: ignore[assignment]
         try:
-            networks[name] = render_network(name, spec, specs, source_file=decl.file)
+            networks[name] = render_network(name, spec, specs, source_file=decl.file, instance=ctx.instance)
         except ValueError as exc:
-            errors.append(ConfigError(decl.file, f"networks.{name}.dhcp.hosts", str(exc)))
-            held.add(("network", name))
+            errors.append(ConfigError.at(decl.file, ("networks", name, "dhcp", "hosts"), str(exc)))
+    failed_files = {e.file for e in errors}
+    for kind, objs in (("domain", state.domains), ("network", state.networks)):
+        held |= {(kind, name) for name, decl in objs.items() if decl.file in failed_files}
+    for kind, name in held:  # not applied: the last good rendering stays (or nothing, if none)
+        (domains if kind == "domain" else networks).pop(name, None)  # type: ignore[attr-defined]
     if previous is not None:
         for kind, name in held:
             old = (previous.domains if kind == "domain" else previous.networks).get(name)

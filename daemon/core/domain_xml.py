@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from . import identity
-from .ownership import Owner, attach_owner, spec_hash
+from .ownership import DEFAULT_INSTANCE, Owner, attach_owner, spec_hash
 from .xmlbuild import RenderedXml, sub
 from .spec import DesiredPower, Disk, DiskDevice, DiskType, Domain, Firmware, VirtType
 
@@ -27,6 +27,7 @@ class RenderContext:
     virt_type: VirtType  # resolved default: kvm or qemu (never auto)
     images_dir: str
     state_dir: str
+    instance: str = DEFAULT_INSTANCE  # recorded in the owner element
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     sub(rng, "backend", "/dev/urandom", model="random")
 
     digest = spec_hash(root)
-    attach_owner(root, Owner(file=source_file, spec_hash=digest))
+    attach_owner(root, Owner(file=source_file, spec_hash=digest, instance=ctx.instance,
+                             shutdown_timeout=spec.shutdown_timeout))
     return RenderedDomain(name=name, uuid=uuid, tree=root, spec_hash=digest,
                           source_file=source_file, spec=spec)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import identity
-from .ownership import Owner, attach_owner, spec_hash
+from .ownership import DEFAULT_INSTANCE, Owner, attach_owner, spec_hash
 from .xmlbuild import RenderedXml, sub
 from .spec import Domain, ForwardMode, Network
 
@@ -101,7 +101,8 @@ def resolve_host(key: str, network: str, domains: Mapping[str, Domain]) -> tuple
     return nics[0][1], dom_name
 
 
-def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, source_file: str) -> RenderedNetwork:
+def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, source_file: str,
+                   instance: str = DEFAULT_INSTANCE) -> RenderedNetwork:
     uuid = identity.network_uuid(name, spec.uuid)
     root = ET.Element("network")
     sub(root, "name", name)
@@ -132,13 +133,13 @@ def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, s
             for key, addr in sorted(spec.dhcp.hosts.items()):
                 mac, hostname = resolve_host(key, name, domains)
                 attrs = {"mac": mac, "ip": str(addr)}
-                if hostname and re.match(r"^[A-Za-z0-9-]{1,63}$", hostname):
+                if hostname and re.fullmatch(r"[A-Za-z0-9-]{1,63}", hostname):
                     attrs["name"] = hostname
                 sub(dhcp, "host", **attrs)
     if spec.ip6 is not None:
         sub(root, "ip", family="ipv6", address=str(spec.ip6.address), prefix=str(spec.ip6.prefix))
     digest, restart = spec_hash(root), restart_hash(root)
     hosts = static_hosts(root)
-    attach_owner(root, Owner(file=source_file, spec_hash=digest, restart_hash=restart))
+    attach_owner(root, Owner(file=source_file, spec_hash=digest, restart_hash=restart, instance=instance))
     return RenderedNetwork(name=name, uuid=uuid, tree=root, spec_hash=digest, source_file=source_file,
                            spec=spec, restart_hash=restart, hosts=hosts)

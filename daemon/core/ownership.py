@@ -5,9 +5,18 @@ PURE: standard library only.
 Every domain and network nvirtd defines carries one element in its <metadata>,
 in nvirtd's own XML namespace:
 
-    <nvirtd:owner xmlns:nvirtd="https://nvirtd.dev/xmlns/1"
+    <nvirtd:owner xmlns:nvirtd="https://nvirtd.dev/xmlns/1" instance="default"
                   file="web.json" spec-hash="..." fingerprint="..."/>
 
+- `instance` names the nvirtd instance that owns it (one per config directory, see
+  `nvirtd run --instance`). An instance changes and removes only its own objects;
+  another instance's are as foreign to it as any other. An element without it was
+  written before instances existed and belongs to the default instance, the service
+  on /etc/nvirt.d: upgrading changes nothing.
+- `shutdown-timeout` is the spec's shutdownTimeout when it is not the default, so a
+  domain removed while nvirtd was down still gets the time its guest needs. In the
+  running domain's live metadata only, `shutdown-started` records when nvirtd began a
+  graceful shutdown (Unix time), so a restart of nvirtd does not start the clock again.
 - `spec-hash` is the hash of the XML nvirtd rendered (without metadata). A new
   desired spec that renders the same XML has the same hash: no redefine.
   libvirt's expanded XML is never compared with ours (it adds defaults).
@@ -26,11 +35,16 @@ import hashlib
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Any
 
 NAMESPACE = "https://nvirtd.dev/xmlns/1"
 PREFIX = "nvirtd"
 OWNER_TAG = f"{{{NAMESPACE}}}owner"
 ET.register_namespace(PREFIX, NAMESPACE)
+
+
+DEFAULT_INSTANCE = "default"  # the service on /etc/nvirt.d, and every element without an instance
+DEFAULT_SHUTDOWN_TIMEOUT = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +53,33 @@ class Owner:
     spec_hash: str
     fingerprint: str | None = None
     restart_hash: str | None = None
+    instance: str | None = None  # None: written before instances existed (the default instance's)
+    shutdown_timeout: int | None = None  # None: the default
+    shutdown_started: float | None = None  # live metadata only
+
+    @property
+    def owned_by(self) -> str:
+        return self.instance or DEFAULT_INSTANCE
+
+    @property
+    def timeout(self) -> int:
+        return DEFAULT_SHUTDOWN_TIMEOUT if self.shutdown_timeout is None else self.shutdown_timeout
 
 
 def owner_element(owner: Owner) -> ET.Element:
     el = ET.Element(OWNER_TAG)
+    if owner.instance:
+        el.set("instance", owner.instance)
     el.set("file", owner.file)
     el.set("spec-hash", owner.spec_hash)
     if owner.fingerprint:
         el.set("fingerprint", owner.fingerprint)
     if owner.restart_hash:
         el.set("restart-hash", owner.restart_hash)
+    if owner.shutdown_timeout is not None and owner.shutdown_timeout != DEFAULT_SHUTDOWN_TIMEOUT:
+        el.set("shutdown-timeout", str(owner.shutdown_timeout))
+    if owner.shutdown_started is not None:
+        el.set("shutdown-started", f"{owner.shutdown_started:.3f}")
     return el
 
 
@@ -70,7 +101,17 @@ def parse_owner(xml: str | ET.Element) -> Owner | None:
 
 def _owner_of(el: ET.Element) -> Owner:
     return Owner(file=el.get("file", ""), spec_hash=el.get("spec-hash", ""), fingerprint=el.get("fingerprint"),
-                 restart_hash=el.get("restart-hash"))
+                 restart_hash=el.get("restart-hash"), instance=el.get("instance") or None,
+                 shutdown_timeout=_number(el.get("shutdown-timeout"), int),
+                 shutdown_started=_number(el.get("shutdown-started"), float))
+
+
+def _number(text: str | None, kind: type) -> Any:
+    """An attribute someone may have edited by hand: unreadable is the same as absent."""
+    try:
+        return None if text is None else kind(text)
+    except ValueError:
+        return None
 
 
 def parse_owner_element(xml: str | None) -> Owner | None:

@@ -11,52 +11,17 @@ and hashed without copying. Cross-field rules live in validators here, so that
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
-NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$"
-TARGET_PATTERN = r"^(vd|sd|hd|xvd)[a-z]{1,2}$"
-MAC_PATTERN = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
-BRIDGE_PATTERN = r"^[A-Za-z0-9_.:-]{1,15}$"
+from .network_spec import ForwardMode, Network
+from .spec_base import (BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, TARGET_PATTERN, AbsPath, IPv4, IPv6, Model,
+                        Name)
 
-
-def _check_name(value: str) -> str:
-    if not re.match(NAME_PATTERN, value):
-        raise ValueError(
-            f"{value!r} is not a valid name: use letters, digits, '.', '_' and '-', "
-            "at most 63 characters, not starting with '.' or '-'"
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
-
-
-def _check_abs_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"{value!r} is not an absolute path")
-    if "\x00" in value or "\n" in value:
-        raise ValueError("path contains a NUL or newline character")
-    return value
-
-
-AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
-
-
-# A validator that checks one field from its model says so as "@field.path: reason";
-# core.config moves that path into the error's location.
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True,
-        use_enum_values=False,
-    )
+__all__ = ["ForwardMode", "Network", "IPv4", "IPv6", "Model", "Name", "NAME_PATTERN"]
 
 
 class MemoryUnit(StrEnum):
@@ -88,6 +53,8 @@ _MEMORY_FACTORS = {
     "TB": 10**12, "T": 2**40, "TiB": 2**40,
 }
 MIN_MEMORY_BYTES = 16 * 2**20
+MAX_MEMORY_BYTES = (2**53 - 1) * 1024  # libvirt refuses more ("numerical overflow"), measured on 9.0
+MAX_DISK_BYTES = 2**51  # qemu-img's qcow2 limit with its default 64 KiB clusters (2 PiB), measured
 
 
 class SizeUnit(StrEnum):
@@ -152,21 +119,13 @@ class ImageChangePolicy(StrEnum):
     recreate = "recreate"
 
 
-class ForwardMode(StrEnum):
-    nat = "nat"
-    route = "route"
-    open = "open"
-    isolated = "isolated"
-    bridge = "bridge"
-
-
 class Cpu(Model):
     amount: int = Field(1, ge=1, le=1024, description="Number of virtual CPUs.")
 
 
 class Memory(Model):
-    amount: int = Field(ge=1, description="Amount of memory, in `unit`.")
-    unit: MemoryUnit = Field(MemoryUnit.KiB, description="Unit of `amount` (libvirt's units).")
+    amount: int = Field(ge=1, le=2**64, description="Amount of memory, in `unit`.")
+    unit: MemoryUnit = Field(strict=False, default=MemoryUnit.KiB, description="Unit of `amount` (libvirt's units).")
 
     @property
     def bytes(self) -> int:
@@ -179,23 +138,26 @@ class Memory(Model):
                 f"{self.amount} {self.unit.value} is less than the 16 MiB minimum "
                 "(the default unit is KiB: did you forget \"unit\"?)"
             )
+        if self.bytes > MAX_MEMORY_BYTES:
+            raise ValueError(f"{self.amount} {self.unit.value} is more than libvirt accepts "
+                             f"({MAX_MEMORY_BYTES // 2**10} KiB, about 8 EiB)")
         return self
 
 
 class Driver(Model):
-    name: DriverName = Field(DriverName.qemu, description="Hypervisor driver of the disk.")
+    name: DriverName = Field(strict=False, default=DriverName.qemu, description="Hypervisor driver of the disk.")
     type: DriverType | None = Field(
-        None, description="Image format; default qcow2 for nix disks, fat for dir, raw otherwise."
+        None, strict=False, description="Image format; default qcow2 for nix disks, fat for dir, raw otherwise."
     )
 
 
 class NixImage(Model):
     size: int | None = Field(
-        None, ge=1, description="Virtual size of the overlay; default: the base image's size."
+        None, ge=1, le=2**64, description="Virtual size of the overlay; default: the base image's size."
     )
-    unit: SizeUnit = Field(SizeUnit.G, description="Unit of `size`.")
+    unit: SizeUnit = Field(strict=False, default=SizeUnit.G, description="Unit of `size`.")
     on_image_change: ImageChangePolicy = Field(
-        ImageChangePolicy.keep,
+        ImageChangePolicy.keep, strict=False,
         description="What to do when the configuration yields a new image: keep the overlay "
         "on the old base and report image-outdated, or recreate it (old overlay kept aside).",
     )
@@ -204,10 +166,17 @@ class NixImage(Model):
     def size_bytes(self) -> int | None:
         return None if self.size is None else self.size * self.unit.bytes_per_unit
 
+    @model_validator(mode="after")
+    def _not_too_large(self) -> Self:
+        if self.size_bytes is not None and self.size_bytes > MAX_DISK_BYTES:
+            raise ValueError(f"@size: {self.size} {self.unit.value} is more than a qcow2 overlay can hold "
+                             "(2048 T)")
+        return self
+
 
 class Disk(Model):
-    type: DiskType = Field(description="Where the disk comes from.")
-    device: DiskDevice = Field(DiskDevice.disk, description="How the guest sees it.")
+    type: DiskType = Field(strict=False, description="Where the disk comes from.")
+    device: DiskDevice = Field(strict=False, default=DiskDevice.disk, description="How the guest sees it.")
     driver: Driver = Field(default_factory=Driver, description="libvirt's <driver> of the disk.")
     path: str = Field(
         description="nix: a NixOS configuration; file/block/dir: an absolute host path; "
@@ -218,12 +187,12 @@ class Disk(Model):
     )
     read_only: bool = Field(False, description="Attach read-only (cdroms always are).")
     nix: NixImage | None = Field(None, description="Overlay settings of a nix disk.")
-    boot_order: int | None = Field(None, ge=1, description="Boot priority, 1 first.")
+    boot_order: int | None = Field(None, ge=1, le=2**32 - 1, description="Boot priority, 1 first.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.type == DiskType.volume:
-            if not re.match(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.+-]+$", self.path):
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.+-]+", self.path):
                 raise ValueError(f"@path: a volume disk's path is POOL/VOLUME, not {self.path!r}")
         elif not self.path.startswith("/"):
             raise ValueError(f"@path: {self.path!r} is not an absolute path")
@@ -282,13 +251,13 @@ class Domain(Model):
     cpu: Cpu = Field(default_factory=Cpu, description="Virtual CPUs.")
     memory: Memory = Field(description="Guest memory (at least 16 MiB).")
     enable_vnc: bool = Field(False, description="VNC console on 127.0.0.1, port chosen by libvirt.")
-    state: DesiredPower = Field(DesiredPower.running, description="running or stopped; autostart follows.")
+    state: DesiredPower = Field(strict=False, default=DesiredPower.running, description="running or stopped; autostart follows.")
     restart_on_change: bool = Field(
         False, description="Restart a running domain when its definition changes (else restart-required)."
     )
     shutdown_timeout: int = Field(120, ge=0, le=86400, description="Seconds of ACPI shutdown before destroy.")
-    virt_type: VirtType | None = Field(None, description="Overrides the daemon's --virt-type.")
-    firmware: Firmware = Field(Firmware.bios, description="bios (SeaBIOS) or efi (OVMF, per-domain NVRAM).")
+    virt_type: VirtType | None = Field(strict=False, default=None, description="Overrides the daemon's --virt-type.")
+    firmware: Firmware = Field(strict=False, default=Firmware.bios, description="bios (SeaBIOS) or efi (OVMF, per-domain NVRAM).")
     tpm: bool = Field(False, description="An emulated TPM 2.0 (needs swtpm).")
     console_log: bool = Field(False, description="Log the serial console to the state dir.")
     boot: Boot | None = Field(None, description="Direct kernel boot.")
@@ -309,86 +278,6 @@ class Domain(Model):
                     f"@disks.{disk_name}.target: disks {seen[disk.target]!r} and {disk_name!r} both use target {disk.target!r}"
                 )
             seen[disk.target] = disk_name
-        return self
-
-
-class DhcpRange(Model):
-    start: ipaddress.IPv4Address = Field(description="First address handed out.")
-    end: ipaddress.IPv4Address = Field(description="Last address handed out.")
-
-
-class Dhcp(Model):
-    range: DhcpRange | None = Field(None, description="Dynamic range (omit for static leases only).")
-    hosts: dict[str, ipaddress.IPv4Address] = Field(
-        default_factory=dict,
-        description="Static leases: key is a MAC, a domain name, or DOMAIN.NIC; value an IPv4 address. "
-                    "Applied to a running network in place (no restart).",
-    )
-
-
-class Ip(Model):
-    address: ipaddress.IPv4Address = Field(description="The host's address on the network (the gateway).")
-    prefix: int = Field(24, ge=1, le=32, description="Prefix length of the network.")
-
-    @property
-    def interface(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface(f"{self.address}/{self.prefix}")
-
-
-class Ip6(Model):
-    address: ipaddress.IPv6Address = Field(description="The host's IPv6 address on the network.")
-    prefix: int = Field(64, ge=1, le=128, description="Prefix length of the network.")
-
-
-class Dns(Model):
-    hosts: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")],
-                ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
-        default_factory=dict,
-        description="Extra names served by the network's DNS: hostname -> address. Applied in place (no restart).")
-
-
-class Network(Model):
-    uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = Field(
-        None, description="Default: derived from the name, stable.")
-    forward: ForwardMode = Field(ForwardMode.nat, description="nat, route, open, isolated (no forwarding) or bridge.")
-    bridge: Annotated[str, Field(pattern=BRIDGE_PATTERN)] | None = Field(
-        None, description="Host bridge: the one to use with forward=bridge, else the name to create."
-    )
-    ip: Ip | None = Field(None, description="IPv4 address of the host on the network.")
-    ip6: Ip6 | None = Field(None, description="IPv6 address of the host on the network (no DHCPv6).")
-    dns: Dns | None = Field(None, description="DNS entries served by the network's dnsmasq.")
-    dhcp: Dhcp | None = Field(None, description="DHCP served by libvirt's dnsmasq.")
-    domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,253}$")] | None = Field(
-        None, description="DNS domain of the network."
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.forward == ForwardMode.bridge:
-            if self.bridge is None:
-                raise ValueError("@bridge: forward 'bridge' needs 'bridge': the name of an existing host bridge")
-            if any(x is not None for x in (self.ip, self.ip6, self.dhcp, self.dns)):
-                raise ValueError("a bridged network has no 'ip', 'ip6', 'dhcp' or 'dns': the host bridge's LAN "
-                                 "provides them")
-        if self.dhcp is not None:
-            if self.ip is None:
-                raise ValueError("@ip: 'dhcp' needs 'ip'")
-            net = self.ip.interface.network
-            rng = self.dhcp.range
-            addrs = [rng.start, rng.end] if rng else []
-            addrs += list(self.dhcp.hosts.values())
-            for addr in addrs:
-                if addr not in net:
-                    raise ValueError(f"@dhcp: {addr} is outside the network {net}")
-            if rng and int(rng.start) > int(rng.end):
-                raise ValueError(f"@dhcp.range: dhcp range starts ({rng.start}) after it ends ({rng.end})")
-            given: dict[ipaddress.IPv4Address, str] = {}
-            for key, addr in sorted(self.dhcp.hosts.items()):
-                if addr == self.ip.address:
-                    raise ValueError(f"@dhcp.hosts.{key}: {addr} is the host's own address on the network (ip.address)")
-                if addr in given:
-                    raise ValueError(f"@dhcp.hosts.{key}: {addr} is given to {given[addr]!r} too")
-                given[addr] = key
         return self
 
 

@@ -43,7 +43,7 @@ BAD = [
     pytest.param(_dom(memory={"amount": 2, "unit": "GiG"}), "domains.web.memory.unit",
                  "'GiG' is not one of b, bytes, KB, k, KiB, MB, M, MiB, GB, G, GiB, TB, T, TiB", id="bad-memory-unit"),
     pytest.param(_dom(cpu={"amount": "two"}), "domains.web.cpu.amount", "expected an integer", id="cpu-not-int"),
-    pytest.param(_dom(cpu={"amount": 0}), "domains.web.cpu.amount", "greater than or equal to 1", id="cpu-zero"),
+    pytest.param(_dom(cpu={"amount": 0}), "domains.web.cpu.amount", "0 is less than 1, the smallest value allowed", id="cpu-zero"),
     pytest.param(_dom(enableVNC=True), "domains.web.enableVNC", "unknown option 'enableVNC' (did you mean 'enableVnc'?)",
                  id="unknown-key-suggests"),
     pytest.param({"domains": {"web": {"memory": {"amount": 2}}}}, "domains.web.memory",

@@ -7,6 +7,7 @@ given; everything else it learns again from libvirt on the next pass.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from .adapters.images import Images
 from .core import identity
 from .core.domain_xml import RenderedDomain, console_log_path
 from .core.network_xml import RenderedNetwork
-from .core.ownership import Owner
+from .core.observed import ObservedDomain
+from .core.ownership import Owner, parse_owner
 from .core.plan import Act, Action, ShutdownProgress
 from .runtime.expectations import Expectations
 
@@ -40,7 +42,6 @@ class Memory:
 
     shutdowns: dict[str, ShutdownProgress] = field(default_factory=dict)
     starts: dict[str, StartRecord] = field(default_factory=dict)
-    removal_timeouts: dict[str, float] = field(default_factory=dict)
     # networks restarted whose guests' NICs are not all back on the bridge yet: a
     # failure half-way must not be forgotten once the network itself looks fine
     reattach_pending: set[str] = field(default_factory=set)
@@ -67,8 +68,9 @@ class Memory:
 
 
 # actions that are libvirt calls, and the adapter operation each one is
-LIBVIRT_OPS = {Act.define: "define_domain", Act.set_autostart: "set_autostart", Act.start: "start",
-               Act.shutdown: "shutdown", Act.destroy: "destroy", Act.undefine: "undefine"}
+LIBVIRT_OPS = {Act.define: "define_domain", Act.set_owner: "set_owner", Act.set_autostart: "set_autostart",
+               Act.start: "start", Act.mark_shutdown: "mark_shutdown", Act.shutdown: "shutdown",
+               Act.destroy: "destroy", Act.undefine: "undefine"}
 
 # libvirt events a successful action causes: they confirm what we did, nothing more
 # (qemu emits RESUMED before STARTED on start)
@@ -85,7 +87,8 @@ class DomainExecutor:
         self.images_dir = images_dir
         self.expectations = expectations or Expectations()
 
-    async def run(self, name: str, actions: tuple[Action, ...], desired: RenderedDomain | None) -> None:
+    async def run(self, name: str, actions: tuple[Action, ...], desired: RenderedDomain | None,
+                  observed: ObservedDomain | None = None) -> None:
         """Image actions one by one; each run of consecutive libvirt actions in one adapter call."""
         i = 0
         while i < len(actions):
@@ -97,7 +100,7 @@ class DomainExecutor:
             self.expectations.expect(("domain", name), *events)
             try:
                 if batch[0].kind in LIBVIRT_OPS:
-                    await self._libvirt(name, batch, desired)
+                    await self._libvirt(name, batch, desired, observed)
                 else:
                     await self._image(name, batch[0], desired)
             except BaseException:
@@ -121,14 +124,25 @@ class DomainExecutor:
         size = disk.nix.size_bytes if disk.nix else None
         await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
 
-    async def _libvirt(self, name: str, batch: list[Action], desired: RenderedDomain | None) -> None:
+    async def _libvirt(self, name: str, batch: list[Action], desired: RenderedDomain | None,
+                       observed: ObservedDomain | None) -> None:
         ops: list[tuple[str, Any]] = []
         for action in batch:
-            if action.kind == Act.define:
+            if action.kind in (Act.define, Act.set_owner):
                 assert desired is not None
-                if desired.spec.console_log:  # virtlogd writes it, into a directory that must exist
+                owner = parse_owner(desired.tree)
+                if action.kind == Act.set_owner:
+                    assert observed is not None and observed.owner is not None
+                    owner = dataclasses.replace(observed.owner, instance=owner.instance,
+                                                shutdown_timeout=owner.shutdown_timeout)
+                elif desired.spec.console_log:  # virtlogd writes it, into a directory that must exist
                     os.makedirs(os.path.dirname(console_log_path(self.state_dir, name)), exist_ok=True)
-                ops.append(("define_domain", (desired.xml, Owner(desired.source_file, desired.spec_hash))))
+                ops.append((LIBVIRT_OPS[action.kind], (desired.xml, owner) if action.kind == Act.define else owner))
+            elif action.kind == Act.mark_shutdown:
+                assert observed is not None
+                # never the persistent owner: its spec hash would hide that the guest runs an older definition
+                live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
+                ops.append(("mark_shutdown", dataclasses.replace(live, shutdown_started=time.time())))
             else:
                 ops.append((LIBVIRT_OPS[action.kind], action.value))
         await self.hv.apply(name, ops)

@@ -18,8 +18,10 @@ from .adapters.hypervisor import Hypervisor
 from .adapters.images import Images
 from .core import identity
 from .core.desired import Rendered
-from .core.observed import OverlayState
-from .core.plan import Act, DomainInputs, NetworkInputs, Phase, Plan, plan_domain, plan_network
+from .core.observed import ObservedDomain, OverlayState
+from .core.ownership import DEFAULT_INSTANCE
+from .core.plan import (SHUTDOWN_RESEND_SECONDS, Act, DomainInputs, NetworkInputs, Phase, Plan, ShutdownProgress,
+                        plan_domain, plan_network)
 from .core.spec import DiskType
 from .executor import DomainExecutor, Memory, NetworkExecutor
 from .runtime.expectations import Expectations
@@ -32,8 +34,10 @@ MISSING_PATH_RETRY = 30.0  # a disk file named in the config may appear later (c
 
 class Reconciler:
     def __init__(self, hv: Hypervisor, images: Images, status: StatusStore, *, images_dir: str,
-                 state_dir: str = "/var/lib/nvirtd", dry_run: bool = False) -> None:
+                 state_dir: str = "/var/lib/nvirtd", dry_run: bool = False,
+                 instance: str = DEFAULT_INSTANCE) -> None:
         self.dry_run = dry_run  # `nvirtd plan`: plan and report, act on nothing
+        self.instance = instance
         self.hv = hv
         self.images = images
         self.status = status
@@ -78,7 +82,7 @@ class Reconciler:
         error = plan.message if plan.phase == Phase.error else None
         message = None if error else plan.message
         if file and kind == "domain" and self.desired is not None:
-            errs = [str(e) for e in self.desired.all_errors if e.file == file and f"{kind}s.{name}" in e.path]
+            errs = [str(e) for e in self.desired.all_errors if e.file == file and e.about(kind, name)]
             error = error or ("; ".join(errs) if errs else None)
         if plan.actions:  # the last thing nvirtd did to it stays visible until the next
             extra["last_actions"] = [str(a) for a in plan.actions]
@@ -103,14 +107,12 @@ class Reconciler:
         now = time.monotonic()
         if observed is None or not observed.power.active:
             self.memory.shutdowns.pop(name, None)
-        if desired is not None:
-            self.memory.removal_timeouts[name] = float(desired.spec.shutdown_timeout)
         waiting = self._networks_waiting(desired) if desired else ()
         inputs = DomainInputs(
             desired=desired, observed=observed, now=now, held=held, conflict=conflict,
-            overlays=overlays, shutdown=self.memory.shutdowns.get(name),
+            overlays=overlays, shutdown=self._shutdown_progress(name, observed, now),
             start_not_before=self.memory.start_not_before(name), networks_waiting=waiting,
-            removal_timeout=self.memory.removal_timeouts.get(name, 120.0),
+            instance=self.instance,
         )
         plan = plan_domain(inputs)
         creates = {Act.define, Act.start, Act.create_overlay, Act.recreate_overlay}
@@ -118,17 +120,27 @@ class Reconciler:
         if missing:  # never define or start a VM on a disk that is not there; stopping it is fine
             plan = Plan(phase=Phase.error, message="; ".join(missing), requeue_after=MISSING_PATH_RETRY)
         if not self.dry_run:
-            await self.domains.run(name, plan.actions, desired)
+            await self.domains.run(name, plan.actions, desired, observed)
             if any(a.kind in (Act.create_overlay, Act.recreate_overlay) for a in plan.actions):
                 _, disks_report = await self._overlays(name, desired)
         self._report("domain", name, plan, source, disks=disks_report)
         if plan.phase == Phase.removed:
             self.memory.starts.pop(name, None)
-            self.memory.removal_timeouts.pop(name, None)
             if observed is not None and plan.actions:
                 for network in observed.networks:  # a network waiting for its users to go
                     self.enqueue(("network", network))
         return plan
+
+    def _shutdown_progress(self, name: str, observed: ObservedDomain | None, now: float) -> ShutdownProgress | None:
+        """This process's record of a graceful shutdown, or the one a previous nvirtd began
+        (its start is in the running instance's metadata): the clock is not reset by a restart."""
+        progress = self.memory.shutdowns.get(name)
+        started = observed.live_owner.shutdown_started if observed and observed.live_owner else None
+        if progress is None and started is not None and observed is not None and observed.power.active:
+            begun = now - max(0.0, time.time() - started)
+            progress = ShutdownProgress(started_at=begun, last_sent_at=now - SHUTDOWN_RESEND_SECONDS)
+            self.memory.shutdowns[name] = progress
+        return progress
 
     def _missing_paths(self, desired: Any) -> list[str]:
         problems = []
@@ -194,7 +206,8 @@ class Reconciler:
                         if any(n.network == name for n in r.spec.interfaces.values())]
             used_by = tuple(sorted(set(declared) | set(await self.hv.domains_using_network(name))))
         plan = plan_network(NetworkInputs(desired=desired, observed=observed, held=held, conflict=conflict,
-                                          used_by=used_by, reattach_pending=name in self.memory.reattach_pending))
+                                          used_by=used_by, reattach_pending=name in self.memory.reattach_pending,
+                                          instance=self.instance))
         if not self.dry_run:
             await self.networks.run(name, plan.actions, desired)
         before = self.status.entries.get(("network", name))

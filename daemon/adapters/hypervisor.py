@@ -291,7 +291,7 @@ class Hypervisor(DomainOps, NetworkOps):
         if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP:
             power = Power.starting
         owner = parse_owner(root)
-        live_hash = None
+        live_hash = live_owner = None
         if owner is not None and power.active:
             try:
                 live = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE)
@@ -308,6 +308,7 @@ class Hypervisor(DomainOps, NetworkOps):
         return ObservedDomain(
             name=name, uuid=root.findtext("uuid") or "", power=power, owner=owner, live_spec_hash=live_hash,
             fingerprint=fingerprint(xml), autostart=autostart, persistent=persistent, networks=nets,
+            live_owner=live_owner,
         )
 
     async def domains_using_network(self, network: str) -> list[str]:

@@ -11,6 +11,7 @@ A change is only ever made through the handle the reconciler's last look cached
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -71,9 +72,22 @@ class DomainOps:
         if self.known is not None:
             self.known.add(dom.name())
         fp = fingerprint(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        recorded = Owner(file=owner.file, spec_hash=owner.spec_hash, fingerprint=fp)
+        recorded = dataclasses.replace(owner, fingerprint=fp)
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(recorded), PREFIX, NAMESPACE,
                         libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def _op_set_owner(self, name: str, owner: Owner) -> None:
+        """The owner element of the persistent definition, with nothing else changed."""
+        self._on_observed(name, lambda d: d.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(owner),
+                                                        PREFIX, NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+
+    def _op_mark_shutdown(self, name: str, owner: Owner) -> None:
+        """Record in the running instance's metadata when the graceful shutdown began; it
+        goes with the instance (a new boot starts without it). A guest that stopped
+        meanwhile has nothing left to mark."""
+        self._on_observed(name, lambda d: _unless_stopped(lambda: d.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(owner), PREFIX, NAMESPACE,
+            libvirt.VIR_DOMAIN_AFFECT_LIVE)), gone_is_done=True)
 
     def _op_set_autostart(self, name: str, on: bool) -> None:
         self._on_observed(name, lambda d: d.setAutostart(1 if on else 0))

@@ -39,6 +39,7 @@ class ObservedDomain:
     autostart: bool
     persistent: bool = True
     networks: tuple[str, ...] = ()  # libvirt networks its NICs use
+    live_owner: Owner | None = None  # the running instance's owner element (it holds shutdown-started)
 
     @property
     def owned(self) -> bool:

@@ -17,6 +17,7 @@ from enum import StrEnum
 from .domain_xml import RenderedDomain
 from .network_xml import RenderedNetwork, StaticHost
 from .observed import BuildPhase, ObservedDomain, ObservedNetwork, OverlayState, Power
+from .ownership import DEFAULT_INSTANCE
 
 SHUTDOWN_RESEND_SECONDS = 5.0
 
@@ -40,6 +41,7 @@ class Condition(StrEnum):
     paused = "paused"
     crash_loop = "crash-loop"
     in_use = "in-use"
+    foreign = "foreign"  # another nvirtd instance's: never changed here
 
 
 class Act(StrEnum):
@@ -47,8 +49,10 @@ class Act(StrEnum):
     create_overlay = "create-overlay"
     recreate_overlay = "recreate-overlay"
     define = "define"
+    set_owner = "set-owner"  # metadata only: what the owner element records changed, not the XML
     set_autostart = "set-autostart"
     start = "start"
+    mark_shutdown = "mark-shutdown"  # record when a graceful shutdown began, in the live metadata
     shutdown = "shutdown"
     destroy = "destroy"
     undefine = "undefine"
@@ -101,14 +105,14 @@ class DomainInputs:
     shutdown: ShutdownProgress | None = None
     start_not_before: float = 0.0
     networks_waiting: tuple[str, ...] = ()  # declared networks not active yet
-    removal_timeout: float = 120.0  # shutdownTimeout of the last spec, for a removed domain
+    instance: str = DEFAULT_INSTANCE  # the nvirtd instance planning: it acts on its own objects only
 
 
 def _shutdown_steps(inp: DomainInputs, timeout: float) -> tuple[tuple[Action, ...], float]:
     """The next step of a graceful shutdown: (actions, requeue_after)."""
     progress, now = inp.shutdown, inp.now
     if progress is None:
-        return (Action(Act.shutdown),), min(SHUTDOWN_RESEND_SECONDS, max(timeout, 0.1))
+        return (Action(Act.mark_shutdown), Action(Act.shutdown)), min(SHUTDOWN_RESEND_SECONDS, max(timeout, 0.1))
     elapsed = now - progress.started_at
     if elapsed >= timeout:
         return (Action(Act.destroy),), 0.5
@@ -120,13 +124,22 @@ def _shutdown_steps(inp: DomainInputs, timeout: float) -> tuple[tuple[Action, ..
 
 
 def _gate(kind: str, desired: object, observed: ObservedDomain | ObservedNetwork | None, *,
-          conflict: bool, held: bool, held_phase: Phase) -> Plan | None:
-    """The rules before any other: never touch what is not ours, nor what is held."""
+          conflict: bool, held: bool, held_phase: Phase, instance: str) -> Plan | None:
+    """The rules before any other: never touch what is not ours (not nvirtd's, or
+    another nvirtd instance's), nor what is held."""
     if observed is not None and not observed.owned:
         if desired is None:
             return Plan(phase=Phase.removed)
         return Plan(phase=Phase.error, conditions=frozenset({Condition.conflict}),
                     message=f"a {kind} named {observed.name!r} exists and is not managed by nvirtd; left alone")
+    if observed is not None and observed.owner is not None and observed.owner.owned_by != instance:
+        other = observed.owner.owned_by
+        if desired is None:  # not ours to remove: `nvirtd plan` says so
+            return Plan(phase=Phase.removed, conditions=frozenset({Condition.foreign}),
+                        message=f"belongs to nvirtd instance {other!r}; left alone")
+        return Plan(phase=Phase.error, conditions=frozenset({Condition.conflict}),
+                    message=f"a {kind} named {observed.name!r} is managed by nvirtd instance {other!r} "
+                            f"(from its file {observed.owner.file}); left alone")
     if conflict or held:
         conds = {Condition.held} | ({Condition.conflict} if conflict else set())
         return Plan(phase=held_phase, conditions=frozenset(conds),
@@ -136,7 +149,8 @@ def _gate(kind: str, desired: object, observed: ObservedDomain | ObservedNetwork
 
 def plan_domain(inp: DomainInputs) -> Plan:
     desired, observed = inp.desired, inp.observed
-    gate = _gate("domain", desired, observed, conflict=inp.conflict, held=inp.held, held_phase=_phase_of(observed))
+    gate = _gate("domain", desired, observed, conflict=inp.conflict, held=inp.held, held_phase=_phase_of(observed),
+                 instance=inp.instance)
     if gate is not None:
         return gate
     if desired is None:
@@ -156,8 +170,9 @@ def _plan_removal(inp: DomainInputs) -> Plan:
     observed = inp.observed
     if observed is None:
         return Plan(phase=Phase.removed)
-    if observed.power.active:
-        actions, after = _shutdown_steps(inp, inp.removal_timeout)
+    if observed.power.active:  # the timeout of the last spec, recorded when it was defined
+        timeout = observed.owner.timeout if observed.owner is not None else 120
+        actions, after = _shutdown_steps(inp, timeout)
         return Plan(actions=actions, phase=Phase.stopping, requeue_after=after,
                     message="removed from the config: shutting down before undefine")
     if not observed.persistent:
@@ -235,6 +250,8 @@ def _plan_desired(inp: DomainInputs, desired: RenderedDomain) -> Plan:
     )
     if needs_define:
         actions.append(Action(Act.define))
+    elif observed is not None and observed.owner is not None and observed.owner.timeout != spec.shutdown_timeout:
+        actions.append(Action(Act.set_owner))
     # libvirt keeps autostart across a redefine; a new (or transient) domain has none
     current_autostart = observed.autostart if observed is not None and observed.persistent else False
     if current_autostart != desired.autostart:
@@ -296,13 +313,14 @@ class NetworkInputs:
     conflict: bool = False
     used_by: tuple[str, ...] = ()  # domains (declared or still defined) whose NICs use it
     reattach_pending: bool = False  # a restart whose guests' NICs were not all plugged back yet
+    instance: str = DEFAULT_INSTANCE
 
 
 def plan_network(inp: NetworkInputs) -> Plan:
     desired, observed = inp.desired, inp.observed
     active = observed is not None and observed.active
     gate = _gate("network", desired, observed, conflict=inp.conflict, held=inp.held,
-                 held_phase=Phase.running if active else Phase.pending)
+                 held_phase=Phase.running if active else Phase.pending, instance=inp.instance)
     if gate is not None:
         return gate
     if desired is None:

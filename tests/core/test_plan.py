@@ -31,8 +31,10 @@ D_NIX_RECREATE = desired(disks={"root": {"type": "nix", "path": "/cfg.nix", "nix
 
 
 def observed(d=D, *, power=Power.running, spec_hash=None, fingerprint="fp", actual_fp="fp", live=None,
-             autostart=True, owned=True, persistent=True):
-    owner = Owner("vm.json", spec_hash or d.spec_hash, fingerprint) if owned else None
+             autostart=True, owned=True, persistent=True, instance="default", timeout=None):
+    timeout = d.spec.shutdown_timeout if timeout is None else timeout
+    owner = Owner("vm.json", spec_hash or d.spec_hash, fingerprint, instance=instance,
+                  shutdown_timeout=timeout) if owned else None
     live_hash = (live if live is not None else (spec_hash or d.spec_hash)) if power.active and owned else None
     return ObservedDomain(name="vm", uuid=d.uuid, power=power, owner=owner, live_spec_hash=live_hash,
                           fingerprint=actual_fp, autostart=autostart, persistent=persistent)
@@ -70,17 +72,17 @@ CASES = [
                  {Condition.restart_required}, id="changed-running-defined-for-next-boot"),
     pytest.param(DomainInputs(D, observed(live="old"), now=0), [], Phase.running, {Condition.restart_required},
                  id="still-restart-required-after-define"),
-    pytest.param(DomainInputs(D_RESTART, observed(D_RESTART, live="old"), now=0), [Act.shutdown], Phase.stopping,
+    pytest.param(DomainInputs(D_RESTART, observed(D_RESTART, live="old"), now=0), [Act.mark_shutdown, Act.shutdown], Phase.stopping,
                  set(), id="restart-on-change-shuts-down"),
     pytest.param(DomainInputs(D_RESTART, observed(D_RESTART, power=Power.shutoff), now=0), [Act.start],
                  Phase.running, set(), id="restart-on-change-starts-after-shutdown"),
-    pytest.param(DomainInputs(D_STOPPED, observed(D_STOPPED, autostart=False), now=0), [Act.shutdown],
+    pytest.param(DomainInputs(D_STOPPED, observed(D_STOPPED, autostart=False), now=0), [Act.mark_shutdown, Act.shutdown],
                  Phase.stopping, set(), id="state-stopped-shuts-down"),
     pytest.param(DomainInputs(D_STOPPED, observed(D_STOPPED, autostart=True, power=Power.shutoff), now=0),
                  [Act.set_autostart], Phase.stopped, set(), id="state-stopped-no-autostart"),
     pytest.param(DomainInputs(D_STOPPED, None, now=0), [Act.define], Phase.stopped, set(),
                  id="new-stopped-domain-only-defined"),
-    pytest.param(DomainInputs(None, observed(), now=0), [Act.shutdown], Phase.stopping, set(),
+    pytest.param(DomainInputs(None, observed(), now=0), [Act.mark_shutdown, Act.shutdown], Phase.stopping, set(),
                  id="removed-running-graceful-shutdown-first"),
     pytest.param(DomainInputs(None, observed(), now=3, shutdown=ShutdownProgress(0, 0)), [], Phase.stopping, set(),
                  id="removed-waits-between-acpi"),
@@ -94,6 +96,21 @@ CASES = [
                  id="foreign-undeclared-untouched"),
     pytest.param(DomainInputs(D, observed(owned=False), now=0), [], Phase.error, {Condition.conflict},
                  id="declared-name-of-foreign-domain-is-conflict"),
+    # instances: each changes and removes only its own objects
+    pytest.param(DomainInputs(None, observed(), now=0, instance="try-1"), [], Phase.removed, {Condition.foreign},
+                 id="another-instances-domain-is-never-removed"),
+    pytest.param(DomainInputs(D, observed(actual_fp="edited"), now=0, instance="try-1"), [], Phase.error,
+                 {Condition.conflict}, id="declared-name-another-instance-holds-is-conflict"),
+    pytest.param(DomainInputs(None, observed(instance=None), now=0, instance="try-1"), [], Phase.removed,
+                 {Condition.foreign}, id="pre-instance-owner-is-the-default-instances"),
+    pytest.param(DomainInputs(D, observed(instance=None), now=0), [], Phase.running, set(),
+                 id="pre-instance-owner-upgrade-changes-nothing"),
+    pytest.param(DomainInputs(None, observed(timeout=600), now=200, shutdown=ShutdownProgress(0, 198)), [],
+                 Phase.stopping, set(), id="removal-waits-the-recorded-shutdown-timeout"),
+    pytest.param(DomainInputs(None, observed(timeout=600), now=601, shutdown=ShutdownProgress(0, 598)),
+                 [Act.destroy], Phase.stopping, set(), id="removal-destroys-after-the-recorded-timeout"),
+    pytest.param(DomainInputs(D, observed(timeout=600), now=0), [Act.set_owner], Phase.running, set(),
+                 id="changed-shutdown-timeout-is-a-metadata-update-not-a-define"),
     pytest.param(DomainInputs(None, observed(), now=0, held=True), [], Phase.running, {Condition.held},
                  id="broken-file-holds-removal"),
     pytest.param(DomainInputs(D, observed(power=Power.paused), now=0), [], Phase.defined, {Condition.paused},
@@ -121,7 +138,7 @@ CASES = [
     pytest.param(DomainInputs(D_NIX, observed(D_NIX), now=0, overlays=(overlay(build=BUILT_B),)), [],
                  Phase.running, {Condition.image_outdated}, id="nix-new-image-keeps-overlay"),
     pytest.param(DomainInputs(D_NIX_RECREATE, observed(D_NIX_RECREATE), now=0, overlays=(overlay(build=BUILT_B, recreate=True),)),
-                 [Act.shutdown], Phase.stopping, set(), id="nix-recreate-stops-first"),
+                 [Act.mark_shutdown, Act.shutdown], Phase.stopping, set(), id="nix-recreate-stops-first"),
     pytest.param(DomainInputs(D_NIX_RECREATE, observed(D_NIX_RECREATE, power=Power.shutoff), now=0,
                               overlays=(overlay(build=BUILT_B, recreate=True),)),
                  [Act.recreate_overlay, Act.start], Phase.running, set(), id="nix-recreate-when-off"),

@@ -1,8 +1,12 @@
 """The composition root: connect, wire sources -> queue -> workers, signals, sd_notify.
 
-Everything long-lived runs in one asyncio.TaskGroup. Shutdown: STOPPING=1, stop the
-sources, let in-flight reconciles finish (bounded by drain_timeout), cancel the
-rest. VMs are never stopped because nvirtd stops.
+Everything long-lived runs in one asyncio.TaskGroup, each task supervised: an
+exception that escapes one (a bug) is logged in one line, stops the daemon and
+makes `nvirtd run` exit non-zero, so systemd restarts it. Shutdown (SIGTERM, or a
+crashed task): STOPPING=1, stop the sources, let in-flight reconciles finish for
+at most `drain_timeout`, cancel the rest; whatever libvirt does meanwhile (a hung
+libvirtd), the daemon is gone within seconds. VMs are never stopped because
+nvirtd stops.
 """
 
 from __future__ import annotations
@@ -12,20 +16,23 @@ import contextlib
 import functools
 import signal
 import time
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 
 import structlog
 
 from .adapters.hypervisor import Hypervisor
 from .adapters.images import Images
 from .configfiles import ConfigReader
+from .connection import LibvirtLink
 from .core.config import merge
 from .core.desired import Rendered, changed_keys, render_all
 from .core.domain_xml import RenderContext
-from .core.spec import ConfigFile, DiskType, VirtType
+from .core.spec import ConfigFile, DiskType
+from .declared import write_declared
 from .errors import ConnectionLost, NvirtdError
 from .reconciler import Reconciler
 from .runtime.notify import Notifier
+from .runtime.statelock import StateLock
 from .runtime.workqueue import AsyncWorkQueue
 from .settings import Settings
 from .sources import libvirt_events
@@ -33,6 +40,7 @@ from .sources.configdir import ConfigDirWatcher
 from .status import StatusStore
 
 log = structlog.get_logger("nvirtd")
+STATUS_RETRY_SECONDS = 5.0
 
 
 class Daemon:
@@ -46,36 +54,48 @@ class Daemon:
         self.images = Images(state_dir=settings.state_dir, build_command=settings.build_command,
                              jobs=settings.build_jobs, on_built=self._build_finished, build_env=build_env)
         self.reconciler = Reconciler(self.hv, self.images, self.status, images_dir=settings.images_dir,
-                                     state_dir=settings.state_dir)
+                                     state_dir=settings.state_dir, instance=settings.instance)
         self.reconciler.enqueue = self.queue.add
         self.reader = ConfigReader(settings.config_dir, trust_checks=settings.trust_checks)
         self.notifier = Notifier()
+        self.link = LibvirtLink(self.hv, self.status, self.notifier, on_connected=self._connected)
+        libvirt_events.wire(self.hv, self.queue.add, self.link.lost, self.reconciler.expectations)
+        self.lock = StateLock(settings.state_dir)
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
+        self.fatal: str | None = None  # why the daemon stopped itself (a task crashed)
         self._last_good: dict[str, ConfigFile] = {}
         self._ctx: RenderContext | None = None
         self._reload_lock = asyncio.Lock()
         self._reload_wanted = asyncio.Event()
         self._explicit_reload = False
-        self._lost = asyncio.Event()
         self._initial: set[Hashable] = set()
+        self._unacked: set[Hashable] = set()  # keys the last reload queued, not reconciled since
+        self._ready_on_ack = False
 
     # ---- config ---------------------------------------------------------------------
     async def reload(self, *, explicit: bool) -> Rendered | None:
-        """Re-read the directory, diff, enqueue what changed. Returns the new desired state."""
+        """Re-read the directory, diff, enqueue what changed. Returns the new desired state.
+
+        The reload is acknowledged (status.json's reload.finished_at, and READY=1 after
+        RELOADING=1) once every key it queued has had its pass, so that `nvirtd status`
+        after `nvirtd reload` shows the reload's effects."""
         async with self._reload_lock:
             started_wall = time.time()
             files, problem = await asyncio.to_thread(self.reader.read)
+            self.status.warnings = [str(s) for s in self.reader.skipped]
+            for skipped in self.reader.skipped:
+                log.warning("config_file_skipped", file=skipped.file, reason=skipped.reason)
             if problem is not None:
                 # never read a missing or untrusted directory as "no VMs": keep everything
                 log.error("config_directory_problem", error=problem.message)
                 self.status.config_errors = [problem.message]
-                self._finish_reload(started_wall, [problem.message])
+                self._begin_reload(started_wall, [problem.message], set())
                 return None
             state = merge(files, self._last_good)
-            # a broken file keeps its last good content; a deleted file is forgotten
-            self._last_good = {n: f.config if f.ok else self._last_good[n]  # type: ignore[misc]
-                               for n, f in files.items() if f.ok or n in self._last_good}
+            # a broken (or held) file keeps its last good content; a deleted file is forgotten
+            self._last_good = {n: f.config if n not in state.broken_files else self._last_good[n]  # type: ignore[misc]
+                               for n, f in files.items() if n not in state.broken_files or n in self._last_good}
             previous = self.reconciler.desired
             assert self._ctx is not None
             rendered = render_all(state, self._ctx, previous)
@@ -86,6 +106,7 @@ class Daemon:
                          if any(k.type == DiskType.nix for k in d.spec.disks.values())}
             self.images.invalidate(nix_paths)
             self.reconciler.desired = rendered
+            write_declared(self.settings.state_dir, rendered)
             for key in keys:
                 self.queue.add(key)
             for kind, objs in (("domain", rendered.domains), ("network", rendered.networks)):
@@ -99,14 +120,23 @@ class Daemon:
             log.info("config_loaded", files=len(files), domains=len(rendered.domains),
                      networks=len(rendered.networks), changed=len(keys), errors=len(errors),
                      ms=round((time.time() - started_wall) * 1000, 1))
-            self._finish_reload(started_wall, errors)
+            self._begin_reload(started_wall, errors, keys)
             return rendered
 
-    def _finish_reload(self, started_wall: float, errors: list[str]) -> None:
+    def _begin_reload(self, started_wall: float, errors: list[str], keys: set) -> None:
         self.status.reload = {"generation": self.status.reload["generation"] + 1, "started_at": started_wall,
-                              "finished_at": time.time(), "errors": errors}
+                              "finished_at": None, "errors": errors}
+        self._unacked = set(keys)
+        if not self._unacked:
+            self._ack_reload()
+
+    def _ack_reload(self) -> None:
+        self.status.reload["finished_at"] = time.time()
         self.status.mark_dirty()
         self.status.flush()
+        if self._ready_on_ack:
+            self._ready_on_ack = False
+            self.notifier.ready(self.status.summary())
 
     @staticmethod
     def _nix_paths(rendered: Rendered, keys: set | None) -> set[str]:
@@ -128,11 +158,8 @@ class Daemon:
             explicit, self._explicit_reload = self._explicit_reload, False
             if explicit:
                 self.notifier.reloading()
-            try:
-                await self.reload(explicit=explicit)
-            finally:
-                if explicit:
-                    self.notifier.ready(self.status.summary())
+                self._ready_on_ack = True
+            await self.reload(explicit=explicit)
 
     # ---- libvirt ----------------------------------------------------------------------
     async def _resync_all(self) -> None:
@@ -148,39 +175,28 @@ class Daemon:
             self.queue.add(key)
         log.info("resync_queued", keys=len(keys))
 
-    async def _connect(self) -> None:
-        libvirt_events.wire(self.hv, self.queue.add, self._connection_lost, self.reconciler.expectations)
-        await self.hv.connect()
+    async def _connected(self) -> None:
+        """After every (re)connect: the render context once, then a full resync."""
         if self._ctx is None:
             virt = self.settings.virt_type
-            if virt == VirtType.auto:
+            if virt.value == "auto":
                 virt = await self.hv.default_virt_type()
             self._ctx = RenderContext(virt_type=virt, images_dir=self.settings.images_dir,
-                                      state_dir=self.settings.state_dir)
-            log.info("libvirt_connected", uri=self.settings.uri, virt_type=virt.value)
-
-    def _connection_lost(self, reason: str) -> None:
-        log.warning("libvirt_connection_lost", uri=self.settings.uri, reason=reason)
-        self._lost.set()
-
-    async def _reconnect_loop(self) -> None:
-        while not self.stop_event.is_set():
-            await self._lost.wait()
-            if self.stop_event.is_set():
-                return
-            await self.hv.close()
-            if not await self._connect_with_backoff():
-                return
-            self._lost.clear()
-            log.info("libvirt_reconnected", uri=self.settings.uri)
-            await self._resync_all()
+                                      state_dir=self.settings.state_dir, instance=self.settings.instance)
+            log.info("libvirt_connected", uri=self.settings.uri, virt_type=virt.value,
+                     instance=self.settings.instance)
+            return
+        await self._resync_all()
 
     async def _resync_loop(self) -> None:
         while not self.stop_event.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.settings.resync_interval)
-            if not self.stop_event.is_set() and not self._lost.is_set():
-                await self._resync_all()
+            if not self.stop_event.is_set() and self.link.up:
+                try:
+                    await self._resync_all()
+                except NvirtdError as exc:  # the reconnect loop takes it from here
+                    self.link.lost(str(exc))
 
     # ---- workers ----------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -193,8 +209,8 @@ class Daemon:
                     self.queue.add(key, after)
             except ConnectionLost as exc:
                 self.queue.add(key, 1.0)
-                self._connection_lost(str(exc))
-            except NvirtdError as exc:
+                self.link.lost(str(exc))
+            except (NvirtdError, OSError) as exc:  # OSError: a full or read-only disk, a vanished file
                 delay = self.queue.failed(key, getattr(exc, "delay", None))
                 self.status.update(kind, name, phase="error", error=str(exc))
                 log.error("reconcile_failed", **{kind: name}, error=str(exc), retry_in=delay)
@@ -207,18 +223,29 @@ class Daemon:
                 self._initial.discard(key)
                 if not self._initial:
                     self.ready.set()
+                if key in self._unacked:
+                    self._unacked.discard(key)
+                    if not self._unacked:
+                        self._ack_reload()
 
     async def _status_loop(self) -> None:
         """Write status.json and STATUS= when something changed, at most once a second;
-        an idle daemon does not wake up for it."""
+        an idle daemon does not wake up for it. A write that fails is retried."""
         while not self.stop_event.is_set():
             await self._status_dirty.wait()
             self._status_dirty.clear()
-            self.status.flush()
+            written = self.status.flush()
             self.notifier.status(self.status.summary())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), 1.0)
+                await asyncio.wait_for(self.stop_event.wait(), 1.0 if written else STATUS_RETRY_SECONDS)
+            if not written:
+                self._status_dirty.set()
+
+    async def _announce_ready(self) -> None:
+        await self.ready.wait()
         self.status.flush()
+        self.notifier.ready(self.status.summary())
+        log.info("daemon_ready", summary=self.status.summary())
 
     # ---- lifecycle --------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -233,69 +260,68 @@ class Daemon:
             self.notifier.stopping()
             self.stop_event.set()
 
-    async def _connect_with_backoff(self) -> bool:
-        """Connect, retrying while libvirtd is not there yet (started together at boot).
-        False when asked to stop meanwhile."""
-        delay = 0.5
-        while not self.stop_event.is_set():
-            try:
-                await self._connect()
-                return True
-            except NvirtdError as exc:
-                await self.hv.close()
-                log.warning("libvirt_connect_failed", uri=self.settings.uri, error=str(exc), retry_in=delay)
-                self.notifier.status(f"waiting for libvirt at {self.settings.uri}: {exc}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), delay)
-                delay = min(delay * 2, 30.0)
-        return False
+    def fail(self, why: str) -> None:
+        """A bug escaped a task: stop (VMs untouched) and exit non-zero."""
+        if self.fatal is None:
+            self.fatal = why
+            log.critical("daemon_failed", error=why)
+        self.stop()
+
+    async def _supervised(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail(f"{name} crashed: {exc!r}")
 
     async def run(self) -> None:
         self.install_signals()  # before READY: a SIGHUP must never kill us
-        if not await self._connect_with_backoff():
-            return
-        await self.reload(explicit=False)
-        await self._resync_all()
-        self._initial = set(self.queue.keys.waiting)
-        watcher = None
-        if self.settings.watch:
-            watcher = ConfigDirWatcher(self.settings.config_dir, lambda: self.request_reload(explicit=False),
-                                       debounce=self.settings.debounce)
-            watcher.start()
+        self.lock.acquire()  # StateDirLocked: another daemon on this state dir
         try:
+            await self._run_locked()
+        finally:
+            self.lock.release()
+
+    async def _run_locked(self) -> None:
+        watcher = None
+        try:
+            if not await self.link.connect_with_backoff(self.stop_event):
+                return
+            await self.reload(explicit=False)
+            try:
+                await self._resync_all()
+            except NvirtdError as exc:
+                self.link.lost(str(exc))
+            self._initial = set(self.queue.keys.waiting)
+            if self.settings.watch:
+                watcher = ConfigDirWatcher(self.settings.config_dir, lambda: self.request_reload(explicit=False),
+                                           debounce=self.settings.debounce)
+                watcher.start()
             async with asyncio.TaskGroup() as tg:
-                workers = [tg.create_task(self._worker(), name=f"worker-{i}") for i in range(self.settings.workers)]
-                helpers = [tg.create_task(c, name=c.__name__) for c in (
-                    self._reload_loop(), self._reconnect_loop(), self._resync_loop(), self._status_loop(),
-                    self.notifier.watchdog_loop(self.stop_event))]
+                workers = [tg.create_task(self._supervised(f"worker-{i}", self._worker))
+                           for i in range(self.settings.workers)]
+                loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                    ("reload", self._reload_loop), ("reconnect", lambda: self.link.reconnect_loop(self.stop_event)),
+                    ("resync", self._resync_loop), ("status", self._status_loop),
+                    ("watchdog", lambda: self.notifier.watchdog_loop(self.stop_event)),
+                    ("ready", self._announce_ready)]
+                helpers = [tg.create_task(self._supervised(name, fn), name=name) for name, fn in loops]
                 if not self._initial:
                     self.ready.set()
-                tg.create_task(self._announce_ready())
                 await self.stop_event.wait()
                 if watcher is not None:
                     watcher.stop()
                     watcher = None
                 self.queue.close()
                 _done, pending = await asyncio.wait(workers, timeout=self.settings.drain_timeout)
-                for task in pending:
+                for task in [*pending, *helpers]:
                     task.cancel()
-                self._reload_wanted.set()
-                self._lost.set()
-                self._status_dirty.set()
-                for task in helpers:
-                    if task.get_name() != "_status_loop":
-                        task.cancel()
         finally:
             if watcher is not None:
                 watcher.stop()
             await self.images.cancel_builds()
             self.status.flush()
-            await self.hv.close()
+            await self.hv.close(timeout=1.0)
             self.hv.shutdown_pool()
             log.info("daemon_stopped", mutations=dict(self.hv.mutations))
-
-    async def _announce_ready(self) -> None:
-        await self.ready.wait()
-        self.status.flush()
-        self.notifier.ready(self.status.summary())
-        log.info("daemon_ready", summary=self.status.summary())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .adapters.images import DEFAULT_BUILD_COMMAND
+from .core.ownership import DEFAULT_INSTANCE
 from .core.spec import VirtType
 
 
@@ -22,5 +23,6 @@ class Settings:
     resync_interval: float = 600.0
     watch: bool = True
     debounce: float = 0.2
-    drain_timeout: float = 10.0
+    drain_timeout: float = 3.0  # in-flight reconciles at SIGTERM; the whole stop stays under 5 s
     trust_checks: bool = True
+    instance: str = DEFAULT_INSTANCE

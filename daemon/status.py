@@ -3,6 +3,11 @@
 The daemon keeps one Entry per object, writes them (debounced) to
 <state-dir>/status.json with an atomic rename, and summarises them in one line for
 systemd's STATUS=. `nvirtd status` reads the file; it never talks to the daemon.
+
+What is wrong with the daemon's own surroundings comes first, in both: libvirt
+unreachable (and since when), a state directory it cannot write. A status that
+cannot be written is not a reason to stop reconciling: the daemon says so in the
+log (once per change) and in STATUS=, and writes again when it can.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+import structlog
+
 from .runtime.atomicfile import atomic_write
 
+log = structlog.get_logger("nvirtd.status")
 STATUS_FILE = "status.json"
 
 
@@ -41,8 +49,19 @@ class StatusStore:
         self.config_errors: list[str] = []
         self.reload: dict[str, Any] = {"generation": 0, "finished_at": None, "errors": []}
         self.daemon: dict[str, Any] = {"pid": os.getpid(), "started_at": time.time()}
+        self.libvirt: dict[str, Any] = {"uri": None, "state": "connecting", "since": time.time(), "error": None}
+        self.write_error: str | None = None
+        self.warnings: list[str] = []  # e.g. config entries skipped (not regular files)
         self.dirty = True
         self.on_dirty: Callable[[], None] = lambda: None
+
+    def set_libvirt(self, uri: str, state: str, error: str | None = None) -> bool:
+        """Record the connection's state; True when it changed (worth one log line)."""
+        changed = state != self.libvirt["state"]
+        since = time.time() if changed else self.libvirt["since"]
+        self.libvirt = {"uri": uri, "state": state, "since": since, "error": error}
+        self.mark_dirty()
+        return changed
 
     def mark_dirty(self) -> None:
         self.dirty = True
@@ -66,6 +85,19 @@ class StatusStore:
         if self.entries.pop((kind, name), None) is not None:
             self.mark_dirty()
 
+    def problems(self) -> list[str]:
+        """What is wrong around the daemon, most important first."""
+        found = []
+        link = self.libvirt
+        if link["state"] != "connected" and link["uri"]:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(link["since"]))
+            what = "unreachable" if link["state"] == "unreachable" else "not connected yet"
+            found.append(f"libvirt at {link['uri']} {what} since {since}"
+                         + (f": {link['error']}" if link["error"] else ""))
+        if self.write_error:
+            found.append(self.write_error)
+        return found
+
     def summary(self) -> str:
         domains = [e for e in self.entries.values() if e.kind == "domain"]
         counts: dict[str, int] = {}
@@ -80,22 +112,39 @@ class StatusStore:
             text += f"; {flagged} with conditions"
         if self.config_errors:
             text += f"; {len(self.config_errors)} config error{'s' if len(self.config_errors) > 1 else ''}"
-        return text
+        return "; ".join(self.problems() + [text])
 
     def to_json(self) -> dict[str, Any]:
         return {
             "daemon": self.daemon,
+            "libvirt": self.libvirt,
             "summary": self.summary(),
             "config_errors": self.config_errors,
+            "warnings": self.warnings,
             "reload": self.reload,
             "domains": [_entry_dict(e) for k, e in sorted(self.entries.items()) if k[0] == "domain"],
             "networks": [_entry_dict(e) for k, e in sorted(self.entries.items()) if k[0] == "network"],
         }
 
-    def flush(self) -> None:
-        if self.dirty:
+    def flush(self) -> bool:
+        """Write status.json if something changed; False when it could not be written
+        (it stays dirty, and the next flush tries again)."""
+        if not self.dirty:
+            return True
+        try:
             atomic_write(self.path, json.dumps(self.to_json(), separators=(",", ":"), default=str))
-            self.dirty = False
+        except OSError as exc:
+            error = f"cannot write status to {self.path}: {exc.strerror or exc}"
+            if error != self.write_error:
+                log.error("status_write_failed", path=str(self.path), error=exc.strerror or str(exc))
+                self.write_error = error
+            return False
+        if self.write_error is not None:
+            log.info("status_written_again", path=str(self.path))
+            self.write_error = None
+            atomic_write(self.path, json.dumps(self.to_json(), separators=(",", ":"), default=str))
+        self.dirty = False
+        return True
 
 
 _FIELDS = tuple(Entry.__dataclass_fields__)
@@ -112,6 +161,7 @@ def load(state_dir: str) -> dict[str, Any]:
 
 def render_table(data: dict[str, Any]) -> str:
     lines = [f"nvirtd: {data['summary']}"]
+    lines += [f"warning: {w}" for w in data.get("warnings", [])]
     for kind in ("networks", "domains"):
         rows = data.get(kind, [])
         if not rows:

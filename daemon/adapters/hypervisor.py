@@ -75,6 +75,50 @@ def register_event_loop() -> None:
         _event_thread.start()
 
 
+def _close_quietly(conns: list[Any]) -> None:
+    for conn in conns:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+
+async def _in_own_thread(fn: Callable[[], T], *, timeout: float,
+                         cleanup: Callable[[T], None] | None = None) -> T:
+    """fn() in a new daemon thread, awaited at most `timeout` seconds. A call that is given
+    up goes on in its thread; `cleanup` gets its result if it ever ends."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    abandoned = threading.Event()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        (future.set_result if ok else future.set_exception)(value)
+
+    def body() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            if not abandoned.is_set():
+                loop.call_soon_threadsafe(deliver, False, exc)
+            return
+        if abandoned.is_set():
+            if cleanup is not None:
+                cleanup(result)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(deliver, True, result)
+
+    threading.Thread(target=body, name="libvirt-connect", daemon=True).start()
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        abandoned.set()
+        if cleanup is not None:  # a result that was already on its way to the loop
+            future.add_done_callback(lambda f: None if f.cancelled() or f.exception() else cleanup(f.result()))
+        raise
+
+
 def _no_object(exc: libvirt.libvirtError) -> bool:
     return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK)
 
@@ -132,60 +176,69 @@ class Hypervisor(DomainOps, NetworkOps):
     def mutation_count(self) -> int:
         return sum(self.mutations.values())
 
-    async def connect(self) -> None:
+    async def connect(self, *, timeout: float = 15.0) -> None:
+        """Open the connections and register the event callbacks, all off the loop.
+
+        libvirt.open() to a libvirtd that is hung (SIGSTOP, overloaded) blocks without a
+        timeout: it runs in a daemon thread of its own, given up after `timeout` (the
+        thread then closes whatever it gets), so a hung libvirtd never holds the pool
+        or the process."""
         register_event_loop()
         self._loop = asyncio.get_running_loop()
-        self.conn = await self._run(libvirt.open, self.uri)
-        conn = self.conn
         try:
-            conn.registerCloseCallback(self._closed, None)
-        except libvirt.libvirtError:
-            pass  # drivers without a remote connection (test:///) cannot close under us
-        if "://" in self.uri and not self.uri.startswith("test:///"):
-            try:
-                conn.setKeepAlive(5, 3)
-            except libvirt.libvirtError:
-                pass
-        self._callback_ids = [
-            ("domain", conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._domain_event, None)),
-            ("network", conn.networkEventRegisterAny(None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, self._network_event, None)),
-        ]
-        self._pool_conns = [conn]
-        if not self.uri.startswith("test:///"):  # in-process test:///FILE would give each its own state
-            for _ in range(self.connections - 1):
-                extra = await self._run(libvirt.open, self.uri)
-                with contextlib.suppress(libvirt.libvirtError):
-                    extra.registerCloseCallback(self._closed, None)
-                    extra.setKeepAlive(5, 3)
-                self._pool_conns.append(extra)
+            conns = await _in_own_thread(self._open_all, timeout=timeout, cleanup=_close_quietly)
+        except TimeoutError:
+            raise ConnectionLost(f"libvirt at {self.uri} did not answer within {timeout:g}s", delay=1.0) from None
+        except libvirt.libvirtError as exc:
+            raise ConnectionLost(exc.get_error_message() or str(exc), delay=1.0) from None
+        self.conn, self._pool_conns = conns[0], conns
 
-    async def close(self) -> None:
-        conn, self.conn = self.conn, None
-        extras, self._pool_conns = self._pool_conns[1:], []
-        for extra in extras:
+    def _open_all(self) -> list[Any]:
+        conn = libvirt.open(self.uri)
+        try:
             with contextlib.suppress(libvirt.libvirtError):
-                extra.unregisterCloseCallback()
-            with contextlib.suppress(libvirt.libvirtError):
-                await asyncio.get_running_loop().run_in_executor(self._pool, extra.close)
-        if conn is None:
-            return
-        for kind, cid in self._callback_ids:
-            try:
-                (conn.domainEventDeregisterAny if kind == "domain" else conn.networkEventDeregisterAny)(cid)
-            except libvirt.libvirtError:
-                pass
-        self._callback_ids = []
+                conn.registerCloseCallback(self._closed, None)  # test:/// cannot close under us
+            if "://" in self.uri and not self.uri.startswith("test:///"):
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.setKeepAlive(5, 3)
+            self._callback_ids = [
+                ("domain", conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                       self._domain_event, None)),
+                ("network", conn.networkEventRegisterAny(None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE,
+                                                         self._network_event, None)),
+            ]
+            conns = [conn]
+            if not self.uri.startswith("test:///"):  # in-process test:///FILE would give each its own state
+                for _ in range(self.connections - 1):
+                    extra = libvirt.open(self.uri)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        extra.registerCloseCallback(self._closed, None)
+                        extra.setKeepAlive(5, 3)
+                    conns.append(extra)
+            return conns
+        except BaseException:
+            _close_quietly([conn])
+            raise
+
+    async def close(self, *, timeout: float = 2.0) -> None:
+        """Drop the connections. Deregistering talks to libvirtd, which may be hung: it runs
+        in its own thread and is given up after `timeout` (the process may be exiting)."""
+        conns, self.conn, self._pool_conns = self._pool_conns, None, []
+        callbacks, self._callback_ids = self._callback_ids, []
         self._doms.clear()
         self._nets.clear()
         self.known = None  # events may be missed while disconnected: list again
-        try:
-            conn.unregisterCloseCallback()
-        except libvirt.libvirtError:
-            pass
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
-        except libvirt.libvirtError:
-            pass
+        if not conns:
+            return
+
+        def close_all() -> None:
+            first = conns[0]
+            for kind, cid in callbacks:
+                with contextlib.suppress(libvirt.libvirtError):
+                    (first.domainEventDeregisterAny if kind == "domain" else first.networkEventDeregisterAny)(cid)
+            _close_quietly(conns)
+        with contextlib.suppress(TimeoutError):
+            await _in_own_thread(close_all, timeout=timeout)
 
     def shutdown_pool(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -160,7 +160,7 @@ def test_purge_is_explicit_and_refuses_declared_domains(dirs):
     write_json(dirs["config"] / "a.json", {"domains": {"old": domain()}})
     common = ["--connect", "test:///default", "--config-dir", str(dirs["config"]), "--state-dir", str(dirs["state"])]
     refused = nvirtd("purge", "old", "--yes", *common)
-    assert refused.returncode == 1 and "is declared in" in refused.stderr and overlay.exists()
+    assert refused.returncode == 1 and "declared in a.json" in refused.stderr and overlay.exists()
     write_json(dirs["config"] / "a.json", {})
     dry = nvirtd("purge", "old", *common)
     assert dry.returncode == 0 and str(overlay) in dry.stdout and overlay.exists()

@@ -1,0 +1,228 @@
+"""The subcommands (see __main__ for the parser): run, check, plan, status, reload, schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+from . import status as status_mod
+from .cliargs import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, settings_from, state_dir_of
+from .settings import Settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import Daemon
+    from .runtime.statelock import StateDirLocked
+
+    settings = settings_from(args)
+    daemon = Daemon(settings)
+
+    async def converge_once(task: asyncio.Task[None]) -> None:
+        ready = asyncio.ensure_future(daemon.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        quiet = 0
+        while not task.done() and quiet < 2:
+            await asyncio.sleep(0.15)
+            idle = daemon.queue.idle(horizon=2.0) and daemon.images.building == 0
+            quiet = quiet + 1 if idle else 0
+        daemon.stop()
+
+    async def go() -> None:
+        task = asyncio.create_task(daemon.run())
+        if args.once:
+            await converge_once(task)
+        await task
+
+    try:
+        asyncio.run(go())
+    except StateDirLocked as exc:
+        print(f"nvirtd: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    code = EXIT_OK
+    if daemon.fatal is not None:
+        print(f"nvirtd: stopped after an internal error: {daemon.fatal}", file=sys.stderr)
+        code = EXIT_ERROR
+    elif args.once:
+        print(status_mod.render_table(daemon.status.to_json()))
+        failed = any(e.phase == "error" for e in daemon.status.entries.values()) or daemon.status.config_errors
+        code = EXIT_ERROR if failed else EXIT_OK
+    return _exit(code)
+
+
+def _exit(code: int) -> int:
+    """A libvirt call stuck in a worker thread (a hung libvirtd) must not keep the process
+    alive after it is done: the interpreter would wait for that thread forever."""
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def load_config(path: str, trust: bool):
+    """(rendered or None, error lines, files, skipped) for check, plan and purge."""
+    from .configfiles import ConfigReader
+    from .core.config import merge
+    from .core.desired import render_all
+    from .core.domain_xml import RenderContext
+    from .core.spec import VirtType
+
+    reader = ConfigReader(path, trust_checks=trust)
+    files, problem = reader.read()
+    if problem is not None:
+        return None, [problem.message], files, reader.skipped
+    d = Settings()
+    rendered = render_all(merge(files, {}), RenderContext(VirtType.kvm, d.images_dir, d.state_dir))
+    return rendered, [str(e) for e in rendered.all_errors], files, reader.skipped
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    rendered, errors, files, skipped = load_config(args.path, not args.no_trust_checks)
+    for entry in skipped:
+        print(f"warning: {entry}", file=sys.stderr)
+    for err in errors:
+        print(err, file=sys.stderr)
+    if rendered is not None and not errors:
+        extra = f", {len(skipped)} skipped" if skipped else ""
+        print(f"{args.path}: OK ({len(files)} files{extra}, {len(rendered.domains)} domains, "
+              f"{len(rendered.networks)} networks)")
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from .core.spec import ConfigFile
+    schema = ConfigFile.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "nvirtd configuration file"
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def cmd_reference(_args: argparse.Namespace) -> int:
+    from .reference import markdown
+    sys.stdout.write(markdown())
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .adapters.hypervisor import Hypervisor
+    from .adapters.images import Images
+    from .configfiles import ConfigReader
+    from .core.config import merge
+    from .core.desired import render_all
+    from .core.domain_xml import RenderContext
+    from .core.plan import Act, Condition
+    from .core.spec import VirtType
+    from .reconciler import Reconciler
+    from .status import StatusStore
+
+    settings = settings_from(args)
+
+    async def go() -> int:
+        files, problem = ConfigReader(settings.config_dir, trust_checks=settings.trust_checks).read()
+        if problem is not None:
+            print(problem.message, file=sys.stderr)
+            return EXIT_ERROR
+        hv = Hypervisor(settings.uri)
+        await hv.connect()
+        try:
+            virt = VirtType(args.virt_type)
+            if virt == VirtType.auto:
+                virt = await hv.default_virt_type()
+            ctx = RenderContext(virt, settings.images_dir, settings.state_dir, instance=settings.instance)
+            rendered = render_all(merge(files, {}), ctx)
+            rec = Reconciler(hv, Images(state_dir=settings.state_dir), StatusStore("/nonexistent"),
+                             images_dir=settings.images_dir, dry_run=True, instance=settings.instance)
+            rec.desired = rendered
+            keys = [("network", n) for n in sorted(set(rendered.networks) | set(await hv.list_networks()))]
+            keys += [("domain", n) for n in sorted(set(rendered.domains) | set(await hv.list_domains()))]
+            changes = 0
+            for key in keys:
+                plan = await rec.plan_and_act(key)
+                # evaluating an image whose overlay exists is a check, not a change
+                acts = [a for a in plan.actions if a.kind != Act.build_image or plan.phase == "building"]
+                if plan.phase == "removed" and not acts and Condition.foreign not in plan.conditions:
+                    continue
+                changes += len(acts)
+                conds = f" [{', '.join(sorted(plan.conditions))}]" if plan.conditions else ""
+                what = ", ".join(str(a) for a in acts) or "nothing to do"
+                print(f"{key[0]} {key[1]}: {what}{conds}" + (f"  ({plan.message})" if plan.message else ""))
+            for err in rendered.all_errors:
+                print(f"error: {err}", file=sys.stderr)
+            return EXIT_CHANGES if changes else (EXIT_ERROR if rendered.all_errors else EXIT_OK)
+        finally:
+            await hv.close()
+            hv.shutdown_pool()
+
+    return asyncio.run(go())
+
+
+def _load_status(state_dir: str) -> dict | None:
+    try:
+        return status_mod.load(state_dir)
+    except FileNotFoundError:
+        print(f"nvirtd: no status in {state_dir}: is nvirtd running?", file=sys.stderr)
+    except ValueError as exc:
+        print(f"nvirtd: {state_dir}/{status_mod.STATUS_FILE} is not readable JSON: {exc}", file=sys.stderr)
+    return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _load_status(state_dir_of(args))
+    if data is None:
+        return EXIT_ERROR
+    alive = _alive(data.get("daemon", {}).get("pid"))
+    if args.json:
+        print(json.dumps({**data, "daemon": {**data.get("daemon", {}), "running": alive}}, indent=2))
+    else:
+        print(status_mod.render_table(data) + ("" if alive else "\n(nvirtd is not running: this is its last status)"))
+    return EXIT_OK
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Synchronous reload for ExecReload= on systemd < 253: signal, then wait until the
+    daemon has read the config and reconciled what changed once."""
+    state_dir = state_dir_of(args)
+    data = _load_status(state_dir)
+    if data is None:
+        return EXIT_ERROR
+    pid = data.get("daemon", {}).get("pid")
+    if not _alive(pid):
+        print("nvirtd: nvirtd is not running", file=sys.stderr)
+        return EXIT_ERROR
+    sent = time.time()
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            reload = status_mod.load(state_dir).get("reload", {})
+        except (OSError, ValueError):
+            continue
+        if (reload.get("started_at") or 0) >= sent - 0.001 and reload.get("finished_at"):
+            for err in reload.get("errors", []):
+                print(err, file=sys.stderr)
+            return EXIT_ERROR if reload.get("errors") else EXIT_OK
+    print(f"nvirtd: the daemon did not finish the reload within {args.timeout:g}s (see nvirtd status)",
+          file=sys.stderr)
+    return EXIT_ERROR

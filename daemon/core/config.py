@@ -177,7 +177,7 @@ def _translate(file: str, err: dict[str, Any], prefix: tuple[str, ...] = ()) -> 
                   "dict_type", "model_type", "model_attributes_type", "int_from_float"):
         expected = {"int": "an integer", "boo": "true or false", "str": "a string",
                     "dic": "an object", "mod": "an object"}[kind[:3]]
-        reason = f"expected {expected}, got {_json_type(value)} {_short(value)}"
+        reason = f"expected {expected}, got " + ("null" if value is None else f"{_json_type(value)} {_short(value)}")
     elif kind == "string_pattern_mismatch":
         reason = f"{value!r} does not match {err['ctx']['pattern']}"
     else:

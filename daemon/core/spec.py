@@ -124,7 +124,7 @@ class Cpu(Model):
 
 
 class Memory(Model):
-    amount: int = Field(ge=1, le=2**64, description="Amount of memory, in `unit`.")
+    amount: int = Field(ge=1, description="Amount of memory, in `unit`.")
     unit: MemoryUnit = Field(strict=False, default=MemoryUnit.KiB, description="Unit of `amount` (libvirt's units).")
 
     @property
@@ -153,7 +153,7 @@ class Driver(Model):
 
 class NixImage(Model):
     size: int | None = Field(
-        None, ge=1, le=2**64, description="Virtual size of the overlay; default: the base image's size."
+        None, ge=1, description="Virtual size of the overlay; default: the base image's size."
     )
     unit: SizeUnit = Field(strict=False, default=SizeUnit.G, description="Unit of `size`.")
     on_image_change: ImageChangePolicy = Field(

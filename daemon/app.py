@@ -317,11 +317,15 @@ class Daemon:
                 _done, pending = await asyncio.wait(workers, timeout=self.settings.drain_timeout)
                 for task in [*pending, *helpers]:
                     task.cancel()
-        finally:
+        finally:  # each step best effort: a failing one must neither hang the exit nor skip the rest
             if watcher is not None:
-                watcher.stop()
-            await self.images.cancel_builds()
-            self.status.flush()
-            await self.hv.close(timeout=1.0)
+                with contextlib.suppress(Exception):
+                    watcher.stop()
+            with contextlib.suppress(Exception):
+                await self.images.cancel_builds()
+            with contextlib.suppress(Exception):
+                self.status.flush()
+            with contextlib.suppress(Exception):
+                await self.hv.close(timeout=1.0)
             self.hv.shutdown_pool()
             log.info("daemon_stopped", mutations=dict(self.hv.mutations))

@@ -151,6 +151,8 @@ in
       example = literalExpression "pkgs.nvirtd";
     };
     uri = opt types.str "qemu:///system" "libvirt URI nvirtd manages.";
+    instance = opt types.str "default"
+      "Which nvirtd owns the VMs it defines; another instance's VMs on the same libvirt are never touched.";
     extraArgs = opt (types.listOf types.str) [ ] "Extra arguments for `nvirtd run`.";
     domains = opt (types.attrsOf (types.submodule domainModule)) { } "VMs, as in /etc/nvirt.d/*.json.";
     networks = opt (types.attrsOf (types.submodule networkModule)) { } "libvirt networks.";
@@ -170,7 +172,7 @@ in
       path = [ config.nix.package pkgs.nixos-generators pkgs.qemu_kvm pkgs.iproute2 ];
       serviceConfig = {
         Type = "notify-reload";
-        ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri ] ++ cfg.extraArgs);
+        ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri "--instance" cfg.instance ] ++ cfg.extraArgs);
         NotifyAccess = "main";
         WatchdogSec = "30s";
         Restart = "on-failure";

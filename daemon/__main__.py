@@ -24,22 +24,23 @@ def _instance(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
+def _number(kind: type, value: str) -> float:
     try:
-        number = int(value)
+        return kind(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+
+
+def _positive_int(value: str) -> int:
+    number = int(_number(int, value))
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value} is less than 1")
     return number
 
 
 def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not number > 0 or number == float("inf"):
+    number = _number(float, value)
+    if not 0 < number < float("inf"):
         raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
     return number
 

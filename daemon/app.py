@@ -71,6 +71,7 @@ class Daemon:
         self._explicit_reload = False
         self._initial: set[Hashable] = set()
         self._unacked: set[Hashable] = set()  # keys the last reload queued, not reconciled since
+        self._unacked_since = 0.0  # a pass that began before this does not count
         self._ready_on_ack = False
 
     # ---- config ---------------------------------------------------------------------
@@ -127,6 +128,7 @@ class Daemon:
         self.status.reload = {"generation": self.status.reload["generation"] + 1, "started_at": started_wall,
                               "finished_at": None, "errors": errors}
         self._unacked = set(keys)
+        self._unacked_since = time.monotonic()
         if not self._unacked:
             self._ack_reload()
 
@@ -202,6 +204,7 @@ class Daemon:
     async def _worker(self) -> None:
         while (key := await self.queue.get()) is not None:
             kind, name = key  # type: ignore[misc]
+            began = time.monotonic()
             try:
                 after = await self.reconciler.reconcile(key)  # type: ignore[arg-type]
                 self.queue.forget(key)
@@ -223,7 +226,7 @@ class Daemon:
                 self._initial.discard(key)
                 if not self._initial:
                     self.ready.set()
-                if key in self._unacked:
+                if key in self._unacked and began >= self._unacked_since:
                     self._unacked.discard(key)
                     if not self._unacked:
                         self._ack_reload()

@@ -21,6 +21,8 @@ from ..core.ownership import NAMESPACE, PREFIX, Owner, fingerprint, owner_xml
 from .hypervisor_handles import through_cached
 
 T = TypeVar("T")
+_MARK_IS_OPTIONAL = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG,
+                     libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_UNSUPPORTED)
 UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)
 
 
@@ -85,9 +87,15 @@ class DomainOps:
         """Record in the running instance's metadata when the graceful shutdown began; it
         goes with the instance (a new boot starts without it). A guest that stopped
         meanwhile has nothing left to mark."""
-        self._on_observed(name, lambda d: _unless_stopped(lambda: d.setMetadata(
-            libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(owner), PREFIX, NAMESPACE,
-            libvirt.VIR_DOMAIN_AFFECT_LIVE)), gone_is_done=True)
+        def mark(d: Any) -> None:
+            try:
+                d.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(owner), PREFIX, NAMESPACE,
+                              libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                # a driver without live metadata: the shutdown itself matters more than its clock
+                if exc.get_error_code() not in _MARK_IS_OPTIONAL:
+                    raise
+        self._on_observed(name, mark, gone_is_done=True)
 
     def _op_set_autostart(self, name: str, on: bool) -> None:
         self._on_observed(name, lambda d: d.setAutostart(1 if on else 0))

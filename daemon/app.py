@@ -17,10 +17,12 @@ import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 import structlog
 
 from .adapters.hypervisor import Hypervisor
+from .adapters.hypervisor_protocol import HypervisorLike
 from .adapters.images import Images
 from .configfiles import ConfigReader
 from .connection import LibvirtLink
@@ -44,9 +46,11 @@ STATUS_RETRY_SECONDS = 5.0
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, build_env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, *, build_env: dict[str, str] | None = None,
+                 hypervisor: HypervisorLike | None = None) -> None:
         self.settings = settings
-        self.hv = Hypervisor(settings.uri, threads=settings.workers + 2, connections=settings.connections)
+        self.hv: Any = hypervisor or Hypervisor(settings.uri, threads=settings.workers + 2,
+                                                connections=settings.connections)
         self.queue = AsyncWorkQueue()
         self.status = StatusStore(settings.state_dir)
         self._status_dirty = asyncio.Event()

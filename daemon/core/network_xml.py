@@ -38,7 +38,7 @@ class StaticHost:
     xml: str
 
 
-def _canonical(el: ET.Element) -> str:
+def canonical_host(el: ET.Element) -> str:
     out = ET.Element(el.tag, dict(sorted(el.attrib.items())))
     for child in el:
         sub(out, child.tag, (child.text or "").strip(), **dict(sorted(child.attrib.items())))
@@ -46,7 +46,7 @@ def _canonical(el: ET.Element) -> str:
 
 
 def static_hosts(root: ET.Element) -> frozenset[StaticHost]:
-    return frozenset(StaticHost(section, _canonical(el))
+    return frozenset(StaticHost(section, canonical_host(el))
                      for section, path in LIVE_SECTIONS.items() for el in root.findall(path))
 
 

@@ -1,0 +1,302 @@
+"""An in-memory libvirt, as far as nvirtd depends on it: the fake side of HypervisorLike.
+
+It models what the daemon's promises rest on: persistent vs transient domains, the
+inactive definition vs the running instance (each with its own metadata), objects
+named by UUID behind their names (a change goes to the object the last look saw),
+lifecycle events delivered on the loop after the call that caused them (and none
+while disconnected), libvirt's refusals, a connection that can drop, and guests
+that obey or ignore ACPI. It never sleeps and starts no thread: with a virtual
+clock, the whole daemon runs on it deterministically.
+
+tests/adapters/test_hypervisor_contract.py holds it to libvirt's test driver.
+Out-of-band actions (what an administrator does with virsh) are the `oob_*` methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import dataclasses
+import itertools
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.observed import ObservedDomain, Power
+from ..core.ownership import Owner, fingerprint, owner_element, parse_owner
+from ..core.spec import VirtType
+from ..errors import ConnectionLost, HypervisorError
+from .fake_hypervisor_networks import FakeNetwork, FakeNetworkOps
+
+
+@dataclass
+class FakeDomain:
+    uuid: str
+    name: str
+    config: ET.Element | None  # the persistent definition without <metadata>; None: transient
+    config_owner: Owner | None
+    live: ET.Element | None = None  # the running instance's definition, None when off
+    live_owner: Owner | None = None
+    power: Power = Power.shutoff
+    autostart: bool = False
+    obeys_acpi: bool = True  # a guest without an OS ignores the power button
+
+
+def _text(root: ET.Element, owner: Owner | None) -> str:
+    """The definition as libvirt would print it: the owner element inside <metadata>."""
+    el = copy.deepcopy(root)
+    if owner is not None:
+        meta = ET.Element("metadata")
+        meta.append(owner_element(owner))
+        uuid = el.find("uuid")
+        el.insert(list(el).index(uuid) + 1 if uuid is not None else 1, meta)
+    return ET.tostring(el, encoding="unicode")
+
+
+def _split(xml: str) -> tuple[ET.Element, Owner | None]:
+    root = ET.fromstring(xml)
+    owner = parse_owner(root)
+    for meta in root.findall("metadata"):
+        root.remove(meta)
+    return root, owner
+
+
+class FakeHypervisor(FakeNetworkOps):
+    def __init__(self, uri: str = "fake:///", *, virt_type: VirtType = VirtType.kvm) -> None:
+        self.uri = uri
+        self.virt_type = virt_type
+        self.mutations: collections.Counter[str] = collections.Counter()
+        self.calls = 0
+        self.known: set[str] | None = None
+        self.on_domain_event: Callable[[str, str], None] = lambda name, event: None
+        self.on_network_event: Callable[[str], None] = lambda name: None
+        self.on_close: Callable[[str], None] = lambda reason: None
+        self.event_filter: Callable[[str, str], bool] = lambda name, event: False
+        self.domains: dict[str, FakeDomain] = {}  # by UUID
+        self.networks: dict[str, FakeNetwork] = {}
+        self.libvirtd_up = True
+        self.connected = False
+        self.faults: dict[str, Exception] = {}  # operation -> the error its next call raises
+        self._looked: dict[str, str] = {}  # name -> UUID of the last look (the cached handle)
+        self._looked_nets: dict[str, str] = {}
+        self._uuids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- plumbing -------------------------------------------------------------------
+    @property
+    def mutation_count(self) -> int:
+        return sum(self.mutations.values())
+
+    def _call(self, op: str) -> None:
+        self.calls += 1
+        if not self.connected:
+            raise ConnectionLost(f"not connected to {self.uri}", delay=1.0)
+        fault = self.faults.pop(op, None)
+        if fault is not None:
+            raise fault
+
+    def _emit(self, name: str, event: str) -> None:
+        if self.event_filter(name, event) or not self.connected or self._loop is None:
+            return
+        self._loop.call_soon(self._deliver, name, event)
+
+    def _deliver(self, name: str, event: str) -> None:
+        if self.known is not None:
+            (self.known.discard if event == "undefined" else self.known.add)(name)
+        self.on_domain_event(name, event)
+
+    def _emit_net(self, name: str) -> None:
+        if self.connected and self._loop is not None:
+            self._loop.call_soon(self.on_network_event, name)
+
+    def _by_name(self, name: str) -> FakeDomain | None:
+        return next((d for d in self.domains.values() if d.name == name), None)
+
+    def _looked_at(self, name: str) -> FakeDomain | None:
+        """The domain the last look saw, by UUID; raises when there was no look."""
+        uuid = self._looked.get(name)
+        if uuid is None:
+            raise HypervisorError(f"domain {name!r} changed since it was looked at; looking again")
+        return self.domains.get(uuid)
+
+    async def connect(self, *, timeout: float = 15.0) -> None:
+        self._loop = asyncio.get_running_loop()
+        if not self.libvirtd_up:
+            raise ConnectionLost(f"Failed to connect socket to {self.uri}: Connection refused", delay=1.0)
+        self.connected = True
+
+    async def close(self, *, timeout: float = 2.0) -> None:
+        self.connected = False
+        self._looked.clear()
+        self._looked_nets.clear()
+        self.known = None
+
+    def shutdown_pool(self) -> None:
+        pass
+
+    def drop_connection(self, reason: str = "end of file") -> None:
+        """libvirtd went away (or was restarted): calls fail, events are lost, on_close fires."""
+        if self.connected:
+            self.connected = False
+            if self._loop is not None:
+                self._loop.call_soon(self.on_close, reason)
+
+    # ---- reads ----------------------------------------------------------------------
+    async def default_virt_type(self) -> VirtType:
+        self._call("default_virt_type")
+        return self.virt_type
+
+    async def list_domains(self) -> list[str]:
+        self._call("list_domains")
+        names = sorted(d.name for d in self.domains.values())
+        self.known = set(names)
+        return names
+
+    async def list_networks(self) -> list[str]:
+        self._call("list_networks")
+        return sorted(n.name for n in self.networks.values())
+
+    async def observe_domain(self, name: str) -> ObservedDomain | None:
+        self._call("observe_domain")
+        cached = self.domains.get(self._looked.get(name, ""))
+        dom = cached if cached is not None and cached.name == name else self._by_name(name)
+        if dom is None:
+            self._looked.pop(name, None)
+            return None
+        self._looked[name] = dom.uuid
+        active = dom.power.active
+        root, owner = (dom.config, dom.config_owner) if dom.config is not None else (dom.live, dom.live_owner)
+        assert root is not None
+        live_hash = None
+        if owner is not None and active:
+            live_hash = dom.live_owner.spec_hash if dom.live_owner is not None else ""
+        nets = tuple(s.get("network", "") for s in root.findall("./devices/interface[@type='network']/source"))
+        persistent = dom.config is not None
+        return ObservedDomain(
+            name=name, uuid=dom.uuid, power=dom.power, owner=owner, live_spec_hash=live_hash,
+            fingerprint=fingerprint(_text(root, owner)), autostart=persistent and dom.autostart,
+            persistent=persistent, networks=nets, live_owner=dom.live_owner if active else None)
+
+    async def domains_using_network(self, network: str) -> list[str]:
+        self._call("domains_using_network")
+        return sorted(d.name for d in self.domains.values()
+                      if any(s.get("network") == network
+                             for s in (d.live if d.live is not None else d.config).findall("./devices/interface/source")))
+
+    # ---- domain writes --------------------------------------------------------------
+    async def apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
+        for kind, _ in ops:
+            self.mutations[kind] += 1
+        for kind, arg in ops:
+            self._call(kind)
+            getattr(self, f"_op_{kind}")(name, arg)
+
+    def define(self, xml: str) -> FakeDomain:
+        """defineXML: a new persistent domain, or a new definition for an existing one."""
+        root, owner = _split(xml)
+        name, uuid = root.findtext("name") or "", root.findtext("uuid") or f"fake-{next(self._uuids)}"
+        same_name, same_uuid = self._by_name(name), self.domains.get(uuid)
+        if same_name is not None and same_name.uuid != uuid:
+            raise HypervisorError(f"operation failed: domain '{name}' already exists with uuid {same_name.uuid}")
+        if same_uuid is not None and same_uuid.name != name:
+            raise HypervisorError(f"operation failed: domain '{same_uuid.name}' is already defined with uuid {uuid}")
+        dom = same_uuid or FakeDomain(uuid=uuid, name=name, config=None, config_owner=None)
+        dom.config, dom.config_owner = root, owner
+        self.domains[uuid] = dom
+        self._emit(name, "defined")
+        return dom
+
+    def _op_define_domain(self, name: str, arg: tuple[str, Owner]) -> None:
+        xml, owner = arg
+        dom = self.define(xml)
+        self._looked[dom.name] = dom.uuid
+        if self.known is not None:
+            self.known.add(dom.name)
+        assert dom.config is not None
+        fp = fingerprint(_text(dom.config, dom.config_owner))
+        dom.config_owner = dataclasses.replace(owner, fingerprint=fp)
+
+    def _op_set_owner(self, name: str, owner: Owner) -> None:
+        dom = self._looked_at(name)
+        if dom is None:
+            raise HypervisorError(f"Domain not found: no domain with matching name '{name}'")
+        if dom.config is None:
+            raise HypervisorError("Requested operation is not valid: cannot change persistent config of a transient domain")
+        dom.config_owner = owner
+
+    def _op_set_autostart(self, name: str, on: bool) -> None:
+        dom = self._looked_at(name)
+        if dom is None:
+            raise HypervisorError(f"Domain not found: no domain with matching name '{name}'")
+        if dom.config is None:
+            raise HypervisorError("Requested operation is not valid: cannot set autostart for transient domain")
+        dom.autostart = bool(on)
+
+    def _op_start(self, name: str, _: Any) -> None:
+        dom = self._looked_at(name)
+        if dom is None:
+            raise HypervisorError(f"Domain not found: no domain with matching name '{name}'")
+        if not dom.power.active:
+            self.boot(dom)
+
+    def boot(self, dom: FakeDomain) -> None:
+        assert dom.config is not None
+        dom.live, dom.live_owner = copy.deepcopy(dom.config), dom.config_owner
+        dom.power = Power.running
+        self._emit(dom.name, "started")
+
+    def _op_mark_shutdown(self, name: str, owner: Owner) -> None:
+        dom = self._looked_at(name)
+        if dom is not None and dom.power.active:
+            dom.live_owner = owner
+
+    def _op_shutdown(self, name: str, _: Any) -> None:
+        dom = self._looked_at(name)
+        if dom is not None and dom.power.active and dom.obeys_acpi:
+            self.power_off(dom)
+
+    def _op_destroy(self, name: str, _: Any) -> None:
+        dom = self._looked_at(name)
+        if dom is not None and dom.power.active:
+            self.power_off(dom)
+
+    def power_off(self, dom: FakeDomain) -> None:
+        dom.power, dom.live, dom.live_owner = Power.shutoff, None, None
+        self._emit(dom.name, "stopped")
+        if dom.config is None:  # a transient domain is gone once it stops
+            del self.domains[dom.uuid]
+
+    def _op_undefine(self, name: str, _: Any) -> None:
+        dom = self._looked_at(name)
+        if dom is None or dom.config is None:
+            return
+        if dom.power.active:
+            dom.config, dom.config_owner, dom.autostart = None, None, False  # runs on, transient
+        else:
+            del self.domains[dom.uuid]
+        self._looked.pop(name, None)  # as the real adapter drops its handle: the next change looks first
+        self._emit(dom.name, "undefined")
+
+    # ---- out of band: what someone does with virsh ------------------------------------
+    def oob_define(self, xml: str) -> FakeDomain:
+        return self.define(xml)
+
+    def oob_destroy(self, name: str) -> None:
+        dom = self._by_name(name)
+        if dom is not None and dom.power.active:
+            self.power_off(dom)
+
+    def oob_start(self, name: str) -> None:
+        dom = self._by_name(name)
+        if dom is not None and not dom.power.active:
+            self.boot(dom)
+
+    def oob_undefine(self, name: str) -> None:
+        dom = self._by_name(name)
+        if dom is not None:
+            if dom.power.active:
+                self.power_off(dom)
+            self.domains.pop(dom.uuid, None)
+            self._emit(name, "undefined")

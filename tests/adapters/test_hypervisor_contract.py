@@ -1,0 +1,207 @@
+"""One contract, two hypervisors: libvirt's test driver and the in-memory fake.
+
+Every test here runs against both. The fake stands in for libvirt in deterministic
+tests and the simulator only as far as this suite holds it to the real driver:
+definitions and their metadata, the running instance's own metadata, fingerprints,
+persistent vs transient, changes through the handle of the last look (a foreign
+domain that took the name is never touched), events, refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import xml.etree.ElementTree as ET
+
+import libvirt
+import pytest
+
+from daemon.adapters.fake_hypervisor import FakeHypervisor
+from daemon.adapters.hypervisor import Hypervisor
+from daemon.core.domain_xml import RenderContext, render_domain
+from daemon.core.network_xml import render_network
+from daemon.core.observed import Power
+from daemon.core.ownership import Owner, parse_owner
+from daemon.core.spec import Domain, Network, VirtType
+from daemon.errors import HypervisorError
+from tests.conftest import TEST_URI
+
+CTX = RenderContext(VirtType.kvm, "/img", "/state", instance="contract")
+
+
+def rendered(name: str = "c1", memory: int = 128, **spec):
+    return render_domain(name, Domain.model_validate({"memory": {"amount": memory, "unit": "MiB"}, **spec}), CTX,
+                         source_file="c.json")
+
+
+def owner_of(d) -> Owner:
+    return parse_owner(d.tree)
+
+
+class Outside:
+    """What an administrator does meanwhile, with virsh: on the test driver through
+    the test's own connection, on the fake through its out-of-band methods."""
+
+    def __init__(self, hv, conn) -> None:
+        self.hv, self.conn = hv, conn
+
+    def define_foreign(self, name: str) -> None:
+        xml = f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>"
+        if self.conn is not None:
+            self.conn.defineXML(xml)
+        else:
+            self.hv.oob_define(xml)
+
+    def undefine(self, name: str) -> None:
+        if self.conn is not None:
+            dom = self.conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        else:
+            self.hv.oob_undefine(name)
+
+    def edit(self, name: str) -> None:
+        """virsh edit: the same domain, another definition (our metadata kept)."""
+        if self.conn is not None:
+            root = ET.fromstring(self.conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            root.find("memory").text = str(int(root.find("memory").text) * 2)
+            self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+        else:
+            dom = self.hv._by_name(name)
+            dom.config.find("memory").text = str(int(dom.config.find("memory").text) * 2)
+
+
+@pytest.fixture(params=["test-driver", "fake"])
+async def world(request, fresh_libvirt):
+    hv = Hypervisor(TEST_URI) if request.param == "test-driver" else FakeHypervisor()
+    events: list[tuple[str, str]] = []
+    hv.on_domain_event = lambda name, event: events.append((name, event))
+    await hv.connect()
+    yield hv, Outside(hv, fresh_libvirt if request.param == "test-driver" else None), events
+    await hv.close()
+    hv.shutdown_pool()
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+
+
+async def test_define_records_the_owner_with_libvirts_fingerprint(world):
+    hv, _, _ = world
+    d = rendered()
+    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d)))])
+    seen = await hv.observe_domain("c1")
+    assert seen.owned and seen.persistent and seen.power == Power.shutoff and not seen.autostart
+    assert seen.owner.instance == "contract" and seen.owner.spec_hash == d.spec_hash
+    assert seen.owner.fingerprint == seen.fingerprint
+    assert seen.uuid == d.uuid and seen.live_spec_hash is None and seen.live_owner is None
+
+
+async def test_the_running_instance_keeps_the_definition_it_started_with(world):
+    hv, _, _ = world
+    d1 = rendered()
+    await hv.apply("c1", [("define_domain", (d1.xml, owner_of(d1))), ("set_autostart", True), ("start", None)])
+    seen = await hv.observe_domain("c1")
+    assert seen.power == Power.running and seen.autostart and seen.live_spec_hash == d1.spec_hash
+    d2 = rendered(memory=256)
+    await hv.apply("c1", [("define_domain", (d2.xml, owner_of(d2))), ("start", None)])  # already running: done
+    seen = await hv.observe_domain("c1")
+    assert seen.owner.spec_hash == d2.spec_hash and seen.live_spec_hash == d1.spec_hash
+    assert seen.owner.fingerprint == seen.fingerprint and seen.autostart
+
+
+async def test_an_edit_behind_our_back_changes_the_fingerprint(world):
+    hv, outside, _ = world
+    d = rendered()
+    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d)))])
+    outside.edit("c1")
+    seen = await hv.observe_domain("c1")
+    assert seen.owned and seen.owner.fingerprint != seen.fingerprint
+
+
+async def test_metadata_updates_change_neither_the_definition_nor_the_other_half(world):
+    hv, _, _ = world
+    d = rendered()
+    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d))), ("start", None)])
+    before = await hv.observe_domain("c1")
+    await hv.apply("c1", [("set_owner", dataclasses.replace(before.owner, shutdown_timeout=600)),
+                          ("mark_shutdown", dataclasses.replace(before.live_owner, shutdown_started=1234.5))])
+    seen = await hv.observe_domain("c1")
+    assert seen.owner.shutdown_timeout == 600 and seen.fingerprint == before.fingerprint
+    assert seen.live_owner.shutdown_started == 1234.5 and seen.live_spec_hash == d.spec_hash
+    assert seen.owner.shutdown_started is None
+    await hv.apply("c1", [("destroy", None)])
+    seen = await hv.observe_domain("c1")
+    assert seen.power == Power.shutoff and seen.live_owner is None and seen.owner.shutdown_timeout == 600
+
+
+async def test_undefining_a_running_domain_leaves_it_running_transient_until_it_stops(world):
+    hv, _, _ = world
+    d = rendered()
+    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d))), ("start", None)])
+    await hv.observe_domain("c1")
+    await hv.apply("c1", [("undefine", None)])
+    seen = await hv.observe_domain("c1")
+    assert seen is not None and seen.power == Power.running and not seen.persistent and not seen.autostart
+    await hv.apply("c1", [("destroy", None)])
+    assert await hv.observe_domain("c1") is None
+    with pytest.raises(HypervisorError, match="changed since it was looked at"):
+        await hv.apply("c1", [("destroy", None)])  # no look, no change: not even to nothing
+
+
+async def test_changes_go_to_the_domain_looked_at_never_to_a_foreign_one_that_took_its_name(world):
+    hv, outside, _ = world
+    d = rendered()
+    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d)))])
+    assert (await hv.observe_domain("c1")).owned
+    outside.undefine("c1")
+    outside.define_foreign("c1")
+    await hv.apply("c1", [("destroy", None), ("undefine", None)])  # ours is gone: done, and nothing else
+    with pytest.raises(HypervisorError):
+        await hv.apply("c1", [("start", None)])
+    seen = await hv.observe_domain("c1")
+    assert seen is not None and not seen.owned, "the foreign domain was undefined"
+    assert seen.power == Power.shutoff
+
+
+async def test_lifecycle_events_arrive_after_the_call_and_can_be_filtered(world):
+    hv, outside, events = world
+    hv.event_filter = lambda name, event: event == "defined"  # an expectation
+    d = rendered()
+    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d))), ("start", None)])
+    await settle()
+    mine = [e for n, e in events if n == "c1"]
+    assert "defined" not in mine and "started" in mine
+    events.clear()
+    await hv.observe_domain("c1")
+    outside.undefine("c1")
+    await settle()
+    assert ("c1", "stopped") in events and ("c1", "undefined") in events
+
+
+async def test_a_domain_name_cannot_be_defined_twice_with_two_uuids(world):
+    hv, outside, _ = world
+    outside.define_foreign("c2")
+    d = rendered("c2")
+    with pytest.raises(HypervisorError, match="already"):
+        await hv.apply("c2", [("define_domain", (d.xml, owner_of(d)))])
+    assert not (await hv.observe_domain("c2")).owned
+
+
+async def test_a_network_is_defined_owned_started_and_removed(world):
+    hv, _, _ = world
+    n = render_network("cnet", Network.model_validate({"ip": {"address": "10.99.0.1"}}), {}, source_file="c.json",
+                       instance="contract")
+    fp = await hv.define_network(n.xml)
+    seen = await hv.observe_network("cnet")
+    assert seen.owned and not seen.active and seen.owner.instance == "contract"
+    assert seen.owner.fingerprint == fp == seen.fingerprint
+    await hv.set_network_autostart("cnet", True)
+    await hv.start_network("cnet", n.xml)
+    seen = await hv.observe_network("cnet")
+    assert seen.active and seen.autostart and seen.live_spec_hash == n.spec_hash
+    await hv.destroy_network("cnet")
+    await hv.undefine_network("cnet")
+    assert await hv.observe_network("cnet") is None

@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import functools
 import signal
-import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import structlog
 
+from .runtime import clock
 from .adapters.hypervisor import Hypervisor
 from .adapters.hypervisor_protocol import HypervisorLike
 from .adapters.images import Images
@@ -86,7 +86,7 @@ class Daemon:
         RELOADING=1) once every key it queued has had its pass, so that `nvirtd status`
         after `nvirtd reload` shows the reload's effects."""
         async with self._reload_lock:
-            started_wall = time.time()
+            started_wall = clock.wall()
             files, problem = await asyncio.to_thread(self.reader.read)
             self.status.warnings = [str(s) for s in self.reader.skipped]
             for skipped in self.reader.skipped:
@@ -124,7 +124,7 @@ class Daemon:
                 log.error("config_error", error=err)
             log.info("config_loaded", files=len(files), domains=len(rendered.domains),
                      networks=len(rendered.networks), changed=len(keys), errors=len(errors),
-                     ms=round((time.time() - started_wall) * 1000, 1))
+                     ms=round((clock.wall() - started_wall) * 1000, 1))
             self._begin_reload(started_wall, errors, keys)
             return rendered
 
@@ -132,12 +132,12 @@ class Daemon:
         self.status.reload = {"generation": self.status.reload["generation"] + 1, "started_at": started_wall,
                               "finished_at": None, "errors": errors}
         self._unacked = set(keys)
-        self._unacked_since = time.monotonic()
+        self._unacked_since = clock.monotonic()
         if not self._unacked:
             self._ack_reload()
 
     def _ack_reload(self) -> None:
-        self.status.reload["finished_at"] = time.time()
+        self.status.reload["finished_at"] = clock.wall()
         self.status.mark_dirty()
         self.status.flush()
         if self._ready_on_ack:
@@ -208,7 +208,7 @@ class Daemon:
     async def _worker(self) -> None:
         while (key := await self.queue.get()) is not None:
             kind, name = key  # type: ignore[misc]
-            began = time.monotonic()
+            began = clock.monotonic()
             try:
                 after = await self.reconciler.reconcile(key)  # type: ignore[arg-type]
                 self.queue.forget(key)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from .runtime import clock
 from .adapters import hostnet
 from .adapters.hypervisor import Hypervisor
 from .adapters.hypervisor_networks import runs_on_this_host
@@ -142,11 +142,11 @@ class DomainExecutor:
                 assert observed is not None
                 # never the persistent owner: its spec hash would hide that the guest runs an older definition
                 live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
-                ops.append(("mark_shutdown", dataclasses.replace(live, shutdown_started=time.time())))
+                ops.append(("mark_shutdown", dataclasses.replace(live, shutdown_started=clock.wall())))
             else:
                 ops.append((LIBVIRT_OPS[action.kind], action.value))
         await self.hv.apply(name, ops)
-        now = time.monotonic()
+        now = clock.monotonic()
         for action in batch:
             if action.kind == Act.start:
                 self.memory.record_start(name, now)

@@ -8,12 +8,12 @@ same, and running it twice in a row does nothing the second time.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from .runtime import clock
 from .adapters.hypervisor import Hypervisor
 from .adapters.images import Images
 from .core import identity
@@ -63,14 +63,14 @@ class Reconciler:
         return (await self.plan_and_act(key)).requeue_after
 
     async def plan_and_act(self, key: Key) -> Plan:
-        started = time.monotonic()
+        started = clock.monotonic()
         kind, name = key
         self.passes += 1
         plan = await (self._domain(name) if kind == "domain" else self._network(name))
         log.log(
             20 if plan.actions else 10, "reconciled", **{kind: name}, phase=plan.phase.value,
             actions=[str(a) for a in plan.actions], conditions=sorted(c.value for c in plan.conditions),
-            ms=round((time.monotonic() - started) * 1000, 1),
+            ms=round((clock.monotonic() - started) * 1000, 1),
             **({"detail": plan.message} if plan.message and plan.actions else {}),
         )
         return plan
@@ -104,7 +104,7 @@ class Reconciler:
         observed = await self.hv.observe_domain(name)
         source, conflict, held = self._hold("domain", name, desired, observed)
         overlays, disks_report = await self._overlays(name, desired) if desired else ((), {})
-        now = time.monotonic()
+        now = clock.monotonic()
         if observed is None or not observed.power.active:
             self.memory.shutdowns.pop(name, None)
         waiting = self._networks_waiting(desired) if desired else ()
@@ -137,7 +137,7 @@ class Reconciler:
         progress = self.memory.shutdowns.get(name)
         started = observed.live_owner.shutdown_started if observed and observed.live_owner else None
         if progress is None and started is not None and observed is not None and observed.power.active:
-            begun = now - max(0.0, time.time() - started)
+            begun = now - max(0.0, clock.wall() - started)
             progress = ShutdownProgress(started_at=begun, last_sent_at=now - SHUTDOWN_RESEND_SECONDS)
             self.memory.shutdowns[name] = progress
         return progress

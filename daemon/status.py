@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import structlog
 
+from .runtime import clock
 from .runtime.atomicfile import atomic_write
 
 log = structlog.get_logger("nvirtd.status")
@@ -48,8 +49,8 @@ class StatusStore:
         self.entries: dict[tuple[str, str], Entry] = {}
         self.config_errors: list[str] = []
         self.reload: dict[str, Any] = {"generation": 0, "finished_at": None, "errors": []}
-        self.daemon: dict[str, Any] = {"pid": os.getpid(), "started_at": time.time()}
-        self.libvirt: dict[str, Any] = {"uri": None, "state": "connecting", "since": time.time(), "error": None}
+        self.daemon: dict[str, Any] = {"pid": os.getpid(), "started_at": clock.wall()}
+        self.libvirt: dict[str, Any] = {"uri": None, "state": "connecting", "since": clock.wall(), "error": None}
         self.write_error: str | None = None
         self.warnings: list[str] = []  # e.g. config entries skipped (not regular files)
         self.dirty = True
@@ -58,7 +59,7 @@ class StatusStore:
     def set_libvirt(self, uri: str, state: str, error: str | None = None) -> bool:
         """Record the connection's state; True when it changed (worth one log line)."""
         changed = state != self.libvirt["state"]
-        since = time.time() if changed else self.libvirt["since"]
+        since = clock.wall() if changed else self.libvirt["since"]
         self.libvirt = {"uri": uri, "state": state, "since": since, "error": error}
         self.mark_dirty()
         return changed
@@ -75,7 +76,7 @@ class StatusStore:
         for key, value in values.items():
             setattr(entry, key, value)
         if (entry.phase, entry.conditions, entry.message, entry.error) != before:
-            entry.changed_at = time.time()
+            entry.changed_at = clock.wall()
             self.mark_dirty()
         elif values.get("disks") is not None or values.get("last_actions"):
             self.mark_dirty()

@@ -98,7 +98,7 @@ class FakeHypervisor(FakeNetworkOps):
             raise fault
 
     def _emit(self, name: str, event: str) -> None:
-        if self.event_filter(name, event) or not self.connected or self._loop is None:
+        if self.event_filter(name, event) or not self.connected or self._loop is None or self._loop.is_closed():
             return
         self._loop.call_soon(self._deliver, name, event)
 
@@ -108,7 +108,7 @@ class FakeHypervisor(FakeNetworkOps):
         self.on_domain_event(name, event)
 
     def _emit_net(self, name: str) -> None:
-        if self.connected and self._loop is not None:
+        if self.connected and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon(self.on_network_event, name)
 
     def _by_name(self, name: str) -> FakeDomain | None:
@@ -126,6 +126,9 @@ class FakeHypervisor(FakeNetworkOps):
         if not self.libvirtd_up:
             raise ConnectionLost(f"Failed to connect socket to {self.uri}: Connection refused", delay=1.0)
         self.connected = True
+        self._looked.clear()  # a new connection has no handles yet
+        self._looked_nets.clear()
+        self.known = None
 
     async def close(self, *, timeout: float = 2.0) -> None:
         self.connected = False
@@ -140,7 +143,7 @@ class FakeHypervisor(FakeNetworkOps):
         """libvirtd went away (or was restarted): calls fail, events are lost, on_close fires."""
         if self.connected:
             self.connected = False
-            if self._loop is not None:
+            if self._loop is not None and not self._loop.is_closed():
                 self._loop.call_soon(self.on_close, reason)
 
     # ---- reads ----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import structlog
 
+from ..runtime import clock
 from ..core.identity import gc_root_name
 from ..core.observed import BuildPhase, BuildState
 from ..errors import CommandError, PermanentError
@@ -128,7 +129,7 @@ class Images:
 
     async def _build(self, path: str) -> None:
         argv = [part.replace("{path}", path) for part in self.build_command]
-        started = time.monotonic()
+        started = clock.monotonic()
         try:
             async with self._jobs:
                 log.info("image_build_started", config=path, argv=argv)
@@ -137,14 +138,14 @@ class Images:
                 await self.ensure_root(image)
             self._builds[path] = BuildState(BuildPhase.built, image=image)
             self._failures.pop(path, None)
-            log.info("image_built", config=path, image=image, seconds=round(time.monotonic() - started, 2))
+            log.info("image_built", config=path, image=image, seconds=round(clock.monotonic() - started, 2))
         except (CommandError, PermanentError, OSError) as exc:
             count = self._failures.get(path, 0) + 1
             self._failures[path] = count
             delay = min(self.retry_delay * 2 ** (count - 1), 3600.0)
             tail = exc.output_tail if isinstance(exc, CommandError) else str(exc)
             self._builds[path] = BuildState(BuildPhase.failed, error=_tail_lines(tail),
-                                            retry_at=time.monotonic() + delay)
+                                            retry_at=clock.monotonic() + delay)
             log.error("image_build_failed", config=path, retry_in=delay, log_tail=_tail_lines(tail))
         finally:
             self._tasks.pop(path, None)

@@ -20,6 +20,7 @@ from .observed import BuildPhase, ObservedDomain, ObservedNetwork, OverlayState,
 from .ownership import DEFAULT_INSTANCE
 
 SHUTDOWN_RESEND_SECONDS = 5.0
+MIN_WAIT = 0.01  # the shortest "look again in": below it, the moment has come
 
 
 class Phase(StrEnum):
@@ -114,13 +115,14 @@ def _shutdown_steps(inp: DomainInputs, timeout: float) -> tuple[tuple[Action, ..
     if progress is None:
         return (Action(Act.mark_shutdown), Action(Act.shutdown)), min(SHUTDOWN_RESEND_SECONDS, max(timeout, 0.1))
     elapsed = now - progress.started_at
-    if elapsed >= timeout:
+    # a deadline a rounding error away is reached: waiting 1e-13 s would never move a clock
+    if elapsed >= timeout - MIN_WAIT:
         return (Action(Act.destroy),), 0.5
     remaining = timeout - elapsed
     since_sent = now - progress.last_sent_at
-    if since_sent >= SHUTDOWN_RESEND_SECONDS:
-        return (Action(Act.shutdown),), min(SHUTDOWN_RESEND_SECONDS, remaining)
-    return (), min(SHUTDOWN_RESEND_SECONDS - since_sent, remaining)
+    if since_sent >= SHUTDOWN_RESEND_SECONDS - MIN_WAIT:
+        return (Action(Act.shutdown),), max(MIN_WAIT, min(SHUTDOWN_RESEND_SECONDS, remaining))
+    return (), max(MIN_WAIT, min(SHUTDOWN_RESEND_SECONDS - since_sent, remaining))
 
 
 def _gate(kind: str, desired: object, observed: ObservedDomain | ObservedNetwork | None, *,

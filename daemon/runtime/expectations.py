@@ -14,12 +14,12 @@ the asyncio loop.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Hashable
+from . import clock
 
 
 class Expectations:
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, ttl: float = 30.0) -> None:
+    def __init__(self, *, clock: Callable[[], float] = clock.monotonic, ttl: float = 30.0) -> None:
         self.clock = clock
         self.ttl = ttl
         self._pending: dict[Hashable, list[tuple[str, float]]] = {}

@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from collections.abc import Callable, Hashable
 from typing import Any
+from . import clock
 
 Clock = Callable[[], float]
 
 
 class KeyQueue:
-    def __init__(self, *, clock: Clock = time.monotonic, base_delay: float = 1.0, max_delay: float = 300.0) -> None:
+    def __init__(self, *, clock: Clock = clock.monotonic, base_delay: float = 1.0, max_delay: float = 300.0) -> None:
         self.clock = clock
         self._base = base_delay
         self._max = max_delay

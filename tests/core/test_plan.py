@@ -109,6 +109,8 @@ CASES = [
                  Phase.stopping, set(), id="removal-waits-the-recorded-shutdown-timeout"),
     pytest.param(DomainInputs(None, observed(timeout=600), now=601, shutdown=ShutdownProgress(0, 598)),
                  [Act.destroy], Phase.stopping, set(), id="removal-destroys-after-the-recorded-timeout"),
+    pytest.param(DomainInputs(None, observed(), now=513.55, shutdown=ShutdownProgress(393.55 + 5.7e-14, 510)),
+                 [Act.destroy], Phase.stopping, set(), id="a-deadline-a-rounding-error-away-is-reached"),
     pytest.param(DomainInputs(D, observed(timeout=600), now=0), [Act.set_owner], Phase.running, set(),
                  id="changed-shutdown-timeout-is-a-metadata-update-not-a-define"),
     pytest.param(DomainInputs(None, observed(), now=0, held=True), [], Phase.running, {Condition.held},

@@ -1,0 +1,340 @@
+"""One schedule, run: the real daemon on the fake hypervisor, in virtual time.
+
+The daemon is the real one (config reader, merge, queue, workers, reconciler,
+executor, status, connection handling); what it talks to is the in-memory
+hypervisor (held to libvirt by tests/adapters/test_hypervisor_contract.py) and a
+real config directory in a temporary folder. Each daemon "process" gets its own
+event loop on the shared virtual clock: SIGTERM stops it properly, kill -9 drops
+the loop with whatever it was doing (its lock goes, as the kernel would release it).
+
+Invariants, checked while it runs (the hypervisor checks each call) and at the end:
+ 1. no mutating call on a domain that is foreign or another instance's;
+ 3. once faults stop, the domains converge to the final config;
+ 4. then a reload and a restart make 0 mutating calls;
+ 5. a running guest is stopped only when the config it was read from asks;
+ 6. no exception escapes a task; SIGTERM ends the daemon within 10 virtual seconds.
+(2, overlays and GC roots, needs nix disks, which this simulation does not model yet.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from daemon.adapters.fake_hypervisor import FakeHypervisor, _text
+from daemon.app import Daemon
+from daemon.core.domain_xml import RenderContext, render_domain
+from daemon.core.observed import Power
+from daemon.core.ownership import Owner
+from daemon.core.spec import Domain, VirtType
+from daemon.errors import HypervisorError
+from daemon.settings import Settings
+
+from .schedule import NAMES, VARIANTS, Step, file_text
+from .vloop import Deadlock, Livelock, VirtualClock, VirtualLoop
+
+INSTANCE = "default"
+STOPS = ("shutdown", "destroy")
+
+
+class Violation(AssertionError):
+    pass
+
+
+class SimHypervisor(FakeHypervisor):
+    """The fake, checking every call the daemon makes against invariants 1 and 5."""
+
+    def __init__(self, world: "World") -> None:
+        super().__init__()
+        self.world = world
+
+    async def apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
+        for kind, arg in ops:
+            if kind == "define_domain":
+                existing = self._by_name(name)
+                if existing is not None:
+                    self._check_ours(existing, kind)
+            elif self._looked.get(name) in self.domains:
+                dom = self.domains[self._looked[name]]
+                self._check_ours(dom, kind)
+                if kind in STOPS and dom.power.active:
+                    self.world.check_stop_allowed(name, kind)
+        await super().apply(name, ops)
+
+    def _check_ours(self, dom: Any, kind: str) -> None:
+        owner = dom.config_owner if dom.config is not None else dom.live_owner
+        if owner is None or owner.owned_by != INSTANCE:
+            who = "a foreign domain" if owner is None else f"instance {owner.owned_by!r}'s domain"
+            raise Violation(f"invariant 1: {kind} on {who} {dom.name!r}")
+
+
+class World:
+    def __init__(self, steps: list[Step], *, trace: bool = False) -> None:
+        self.steps = steps
+        self.trace: list[str] = []
+        self.tracing = trace
+        self.vclock = VirtualClock()
+        self.hv = SimHypervisor(self)
+        self.root = Path(tempfile.mkdtemp(prefix="nvirtd-sim-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        self.config = self.root / "config"
+        self.config.mkdir()
+        self.settings = Settings(uri="fake:///", config_dir=str(self.config), state_dir=str(self.root / "state"),
+                                 images_dir=str(self.root / "images"), workers=4, watch=False, trust_checks=False,
+                                 resync_interval=600.0, virt_type=VirtType.kvm)
+        self.read_texts: dict[str, str] = {}  # the config as the daemon last read it
+        self.daemon: Daemon | None = None
+        self.task: asyncio.Task | None = None
+        self.loop: VirtualLoop | None = None
+
+    # ---- running ------------------------------------------------------------------------
+    def run(self) -> None:
+        self.vclock.install()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a killed daemon's loop is dropped with its tasks
+                self._run()
+        finally:
+            self.vclock.uninstall()
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _run(self) -> None:
+        self._new_loop()
+        self._in_loop(self._start())
+        for step in self.steps:
+            self.note(str(step))
+            if step.kind == "kill":  # kill -9: the process and its loop are gone mid-work
+                self._kill()
+                self._in_loop(self._start())
+                self._in_loop(asyncio.sleep(step.wait))
+            else:
+                self._in_loop(self._step(step))
+            self._check_alive()
+
+    def _new_loop(self) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.close()
+        self.loop = VirtualLoop(self.vclock)
+        asyncio.set_event_loop(self.loop)
+
+    def _in_loop(self, coro: Any) -> None:
+        assert self.loop is not None
+        self.loop.run_until_complete(coro)
+
+    def note(self, text: str) -> None:
+        self.trace.append(f"[{self.vclock.now:9.2f}] {text}")
+
+    async def _start(self) -> None:
+        self.daemon = Daemon(self.settings, hypervisor=self.hv)
+        original = self.daemon.reader.read
+
+        def read() -> Any:  # remember what the daemon saw, for invariant 5
+            self.read_texts = {p.name: p.read_text() for p in self.config.glob("*.json")}
+            return original()
+        self.daemon.reader.read = read  # type: ignore[method-assign]
+        self.task = asyncio.ensure_future(self.daemon.run())
+        await asyncio.sleep(0)
+
+    def _check_alive(self) -> None:
+        if self.daemon is not None and self.daemon.fatal is not None:
+            raise Violation(f"invariant 6: a task crashed: {self.daemon.fatal}")
+        if self.task is not None and self.task.done() and not self.task.cancelled():
+            exc = self.task.exception()
+            if exc is not None:
+                raise Violation(f"invariant 6: the daemon ended with {exc!r}") from exc
+            raise Violation("invariant 6: the daemon stopped on its own")
+
+    async def _terminate(self) -> None:
+        assert self.daemon is not None and self.task is not None
+        self.daemon.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), 10.0)
+        except TimeoutError:
+            raise Violation("invariant 6: SIGTERM did not end the daemon within 10 s") from None
+        if self.daemon.fatal is not None:
+            raise Violation(f"invariant 6: a task crashed: {self.daemon.fatal}")
+
+    def _kill(self) -> None:
+        assert self.daemon is not None
+        self.daemon.lock.release()  # the kernel's job when a process dies
+        self.task = None
+        self.hv.drop_connection()
+        self._new_loop()
+
+    # ---- steps ----------------------------------------------------------------------------
+    async def _step(self, step: Step) -> None:
+        if step.kind == "restart":
+            await self._terminate()
+            await self._start()
+        elif step.kind == "final":
+            await self._final(*step.args)
+            return
+        else:
+            getattr(self, f"_do_{step.kind}")(*step.args)
+        await asyncio.sleep(step.wait)
+        self._check_alive()
+
+    def _write(self, name: str, text: str) -> None:
+        tmp = self.config / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.config / name)  # as an editor saves
+
+    def _do_write(self, file: str, domains: tuple) -> None:
+        self._write(file, file_text(tuple(domains)))
+
+    def _do_break(self, file: str) -> None:
+        self._write(file, '{"domains": {"d0": ')
+
+    def _do_delete(self, file: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config / file)
+
+    def _do_reload(self, explicit: bool) -> None:
+        assert self.daemon is not None
+        self.daemon.request_reload(explicit=explicit)
+
+    def _do_oob_destroy(self, name: str) -> None:
+        self.hv.oob_destroy(name)
+
+    def _do_oob_undefine(self, name: str) -> None:
+        self.hv.oob_undefine(name)
+
+    def _do_oob_start(self, name: str) -> None:
+        self.hv.oob_start(name)
+
+    def _do_oob_edit(self, name: str) -> None:
+        dom = self.hv._by_name(name)
+        if dom is not None and dom.config is not None:
+            dom.config.find("memory").text = "333"  # virsh edit: a new definition, our metadata kept
+            self.hv._emit(name, "defined")
+
+    def _do_foreign(self, name: str) -> None:
+        self._define_other(name, None)
+
+    def _do_other_instance(self, name: str) -> None:
+        self._define_other(name, "team-b")
+
+    def _define_other(self, name: str, instance: str | None) -> None:
+        if self.hv._by_name(name) is not None:
+            return
+        ctx = RenderContext(VirtType.kvm, "/img", "/state", instance=instance or INSTANCE)
+        rendered = render_domain(name, Domain.model_validate(VARIANTS[0]), ctx, source_file="theirs.json")
+        root = rendered.tree
+        if instance is None:  # made with virsh: another UUID, no owner element
+            root.find("uuid").text = "00000000-0000-4000-8000-" + name.encode().hex().rjust(12, "0")
+            owner = None
+        else:
+            owner = Owner(file="theirs.json", spec_hash=rendered.spec_hash, instance=instance)
+        for meta in root.findall("metadata"):
+            root.remove(meta)
+        dom = self.hv.define(_text(root, owner))
+        self.hv.boot(dom)
+
+    def _do_deaf(self, name: str) -> None:
+        dom = self.hv._by_name(name)
+        if dom is not None:
+            dom.obeys_acpi = False
+
+    def _do_drop(self) -> None:
+        self.hv.drop_connection()
+
+    def _do_libvirtd_down(self, seconds: float) -> None:
+        self.hv.libvirtd_up = False
+        self.hv.drop_connection()
+        assert self.loop is not None
+        self.loop.call_later(seconds, setattr, self.hv, "libvirtd_up", True)
+
+    def _do_fault(self, op: str) -> None:
+        self.hv.faults[op] = HypervisorError(f"injected failure of {op}")
+
+    # ---- invariant 5 ------------------------------------------------------------------------
+    def check_stop_allowed(self, name: str, op: str) -> None:
+        """A running guest may be stopped when the config it was read from asks: its
+        name is in no file at all, or a valid file declares it stopped or restartOnChange."""
+        texts = self.read_texts
+        if not any(f'"{name}"' in t for t in texts.values()):
+            return
+        for text in texts.values():
+            try:
+                spec = json.loads(text).get("domains", {}).get(name)
+            except ValueError:
+                continue
+            if spec and (spec.get("state") == "stopped" or spec.get("restartOnChange")):
+                return
+        raise Violation(f"invariant 5: {op} of running {name!r}, which its config keeps running")
+
+    # ---- the quiet end: invariants 3 and 4 ---------------------------------------------------
+    async def _final(self, domains: tuple) -> None:
+        if self.task is None:  # killed last: the next process starts
+            await self._start()
+        self.hv.faults.clear()
+        self.hv.libvirtd_up = True
+        for path in self.config.glob("*.json"):
+            path.unlink()
+        taken = {d.name for d in self.hv.domains.values() if not self._ours(d)}
+        self._write("final.json", file_text(tuple(domains)))
+        self._do_reload(True)
+        await asyncio.sleep(1200)  # backoffs (5 min at most), shutdown timeouts, reconnects
+        self._check_alive()
+        self._check_converged(dict(domains), taken)
+        before = self.hv.mutation_count
+        self._do_reload(True)
+        await asyncio.sleep(60)
+        if self.hv.mutation_count != before:
+            raise Violation(f"invariant 4: an unchanged reload made {self.hv.mutation_count - before} mutating calls")
+        await self._terminate()
+        await self._start()
+        await asyncio.sleep(60)
+        if self.hv.mutation_count != before:
+            raise Violation(f"invariant 4: a restart with an unchanged config made "
+                            f"{self.hv.mutation_count - before} mutating calls: {dict(self.hv.mutations)}")
+        await self._terminate()
+        self.task = None
+
+    def _ours(self, dom: Any) -> bool:
+        owner = dom.config_owner if dom.config is not None else dom.live_owner
+        return owner is not None and owner.owned_by == INSTANCE
+
+    def _check_converged(self, wanted: dict[str, int], taken: set[str]) -> None:
+        ctx = RenderContext(VirtType.kvm, self.settings.images_dir, self.settings.state_dir, instance=INSTANCE)
+        for name in NAMES:
+            dom = self.hv._by_name(name)
+            if name in taken:
+                if dom is None or self._ours(dom):
+                    raise Violation(f"invariant 1: {name!r}, held by someone else, was taken over or removed")
+                continue
+            if name not in wanted:
+                if dom is not None:
+                    raise Violation(f"invariant 3: {name!r} is not declared but still defined ({dom.power})")
+                continue
+            spec = VARIANTS[wanted[name]]
+            expected = render_domain(name, Domain.model_validate(spec), ctx, source_file="final.json")
+            want_power = Power.shutoff if spec.get("state") == "stopped" else Power.running
+            if (dom is None or not self._ours(dom) or dom.config is None
+                    or dom.config_owner.spec_hash != expected.spec_hash or dom.power != want_power
+                    or dom.autostart != (want_power == Power.running)):
+                state = None if dom is None else (dom.power, dom.autostart,
+                                                   dom.config_owner.spec_hash if dom.config_owner else None)
+                raise Violation(f"invariant 3: {name!r} did not converge: {state}, wanted {want_power}, "
+                                f"{expected.spec_hash}")
+
+
+def run_schedule(steps: list[Step]) -> str | None:
+    """None when every invariant held; else the violation, with the trace."""
+    world = World(steps)
+    try:
+        world.run()
+    except Violation as exc:
+        return f"{exc}\n" + "\n".join(world.trace[-12:])
+    except (Deadlock, Livelock) as exc:
+        return f"invariant 6: the daemon hangs: {exc}\n" + "\n".join(world.trace[-12:])
+    return None
+

@@ -24,7 +24,7 @@ from .runtime import clock
 from .adapters.hypervisor import Hypervisor
 from .adapters.hypervisor_protocol import HypervisorLike
 from .adapters.images import Images
-from .configfiles import ConfigReader
+from .configfiles import ConfigReader, may_declare
 from .connection import LibvirtLink
 from .core.config import merge
 from .core.desired import Rendered, changed_keys, render_all
@@ -110,6 +110,10 @@ class Daemon:
                 keys |= {("domain", n) for n, d in rendered.domains.items()
                          if any(k.type == DiskType.nix for k in d.spec.disks.values())}
             self.images.invalidate(nix_paths)
+            # what broken files may declare goes with the desired state it was read with (a
+            # worker between the read and this line must not see one without the other)
+            broken = dict(self.reader.broken_texts)
+            self.reconciler.may_declare = functools.partial(may_declare, broken)
             self.reconciler.desired = rendered
             write_declared(self.settings.state_dir, rendered)
             for key in keys:

@@ -66,6 +66,9 @@ class ConfigReader:
         self.trust_checks = trust_checks
         self._cache: dict[str, tuple[tuple[int, int, int, int], ParsedFile]] = {}
         self.skipped: list[Skipped] = []  # of the last read
+        # the text of each file that is broken now: it may declare a name (being moved
+        # into it from another file, say), so no object of that name is removed meanwhile
+        self.broken_texts: dict[str, str] = {}
 
     def read(self) -> tuple[dict[str, ParsedFile], DirectoryProblem | None]:
         """Every config file's parse result, keyed by file name; or a problem with the directory."""
@@ -88,7 +91,10 @@ class ConfigReader:
                 if parsed is not None:
                     results[name] = parsed
         self._cache = {k: v for k, v in self._cache.items() if k in results}
+        self.broken_texts = {k: t for k, t in self.broken_texts.items() if k in results and not results[k].ok}
         return results, None
+
+
 
     def _read_one(self, name: str) -> ParsedFile | None:
         path = self.directory / name
@@ -124,9 +130,15 @@ class ConfigReader:
             return _refused(name, f"cannot read: {exc.strerror}")
         parsed = parse_text(name, text)
         self._cache[name] = (key, parsed)
+        if not parsed.ok:
+            self.broken_texts[name] = text
         return parsed
 
 
 def _refused(name: str, reason: str) -> ParsedFile:
     return ParsedFile(file=name, config=None, errors=(ConfigError.at(name, (), reason),))
 
+
+def may_declare(broken_texts: dict[str, str], name: str) -> str | None:
+    """A broken file that may declare `name` (its text names it, or spells names with escapes)."""
+    return next((f for f, text in sorted(broken_texts.items()) if f'"{name}"' in text or "\\u" in text), None)

@@ -50,6 +50,7 @@ class Reconciler:
         self.networks = NetworkExecutor(hv, self.memory)
         self.passes = 0
         self.enqueue: Callable[[Key], None] = lambda key: None
+        self.may_declare: Callable[[str], str | None] = lambda name: None  # the config reader's
 
     def waiting_on_build(self, config_path: str) -> list[Key]:
         """Domains whose nix disks use `config_path` (requeued when its build ends)."""
@@ -96,7 +97,10 @@ class Reconciler:
         if self.desired is None:  # no config read yet: hold everything
             return source, False, True
         conflict = (kind, name) in self.desired.state.conflicts
-        return source, conflict, not conflict and self.desired.held(kind, name, source)
+        held = not conflict and self.desired.held(kind, name, source)
+        if desired is None and owner is not None and self.may_declare(name) is not None:
+            held = True  # removed from its file, but a broken file may declare it now: wait for it
+        return source, conflict, held
 
     async def _domain(self, name: str) -> Plan:
         desired_set = self.desired

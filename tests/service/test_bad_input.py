@@ -139,3 +139,18 @@ async def test_a_mac_clash_is_not_applied_and_the_older_file_goes_on(dirs, setti
     await d.reload()
     assert {"vm0", "other"} <= {dom.name() for dom in fresh_libvirt.listAllDomains()}
     assert d.daemon.status.config_errors == []
+
+
+async def test_a_name_moved_into_a_broken_file_is_not_removed(dirs, settings, start_daemon, fresh_libvirt):
+    """Moving a VM from one file to another, with the new file saved broken first: the VM
+    is held (found by the simulator: it used to be shut down and undefined)."""
+    write_json(dirs["config"] / "b.json", {"domains": {"mover": domain()}})
+    d = await start_daemon(settings)
+    (dirs["config"] / "a.json").write_text('{"domains": {"mover": ')
+    write_json(dirs["config"] / "b.json", {"domains": {}})
+    await d.reload()
+    assert fresh_libvirt.lookupByName("mover").isActive() == 1
+    assert d.hv.mutations["shutdown"] == d.hv.mutations["undefine"] == 0
+    write_json(dirs["config"] / "a.json", {"domains": {"mover": domain()}})
+    await d.reload()
+    assert fresh_libvirt.lookupByName("mover").isActive() == 1 and d.hv.mutations["shutdown"] == 0

@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 
 import structlog
 
@@ -26,6 +27,7 @@ def quiet() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 10)
     # a killed daemon's loop is dropped with its coroutines unfinished, as a killed process's
     sys.unraisablehook = lambda _unraisable: None
+    warnings.simplefilter("ignore", RuntimeWarning)
 
 
 def shrink(steps: list[Step]) -> list[Step]:

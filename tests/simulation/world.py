@@ -72,7 +72,7 @@ class SimHypervisor(FakeHypervisor):
         owner = dom.config_owner if dom.config is not None else dom.live_owner
         if owner is None or owner.owned_by != INSTANCE:
             who = "a foreign domain" if owner is None else f"instance {owner.owned_by!r}'s domain"
-            raise Violation(f"invariant 1: {kind} on {who} {dom.name!r}")
+            self.world.violate(f"invariant 1: {kind} on {who} {dom.name!r}")
 
 
 class World:
@@ -89,6 +89,8 @@ class World:
                                  images_dir=str(self.root / "images"), workers=4, watch=False, trust_checks=False,
                                  resync_interval=600.0, virt_type=VirtType.kvm)
         self.read_texts: dict[str, str] = {}  # the config as the daemon last read it
+        self.violation: str | None = None  # the first one seen inside a call
+        self.last_good: dict[str, str] = {}  # per file, its last content that parsed
         self.daemon: Daemon | None = None
         self.task: asyncio.Task | None = None
         self.loop: VirtualLoop | None = None
@@ -137,13 +139,22 @@ class World:
         original = self.daemon.reader.read
 
         def read() -> Any:  # remember what the daemon saw, for invariant 5
-            self.read_texts = {p.name: p.read_text() for p in self.config.glob("*.json")}
+            now = {p.name: p.read_text() for p in self.config.glob("*.json")}
+            for name, text in now.items():
+                with contextlib.suppress(ValueError):
+                    json.loads(text)
+                    self.last_good[name] = text
+            self.last_good = {n: t for n, t in self.last_good.items() if n in now}
+            # a broken file counts with its last good content and with what its text names
+            self.read_texts = {**{f"{n}#raw": t for n, t in now.items()}, **self.last_good}
             return original()
         self.daemon.reader.read = read  # type: ignore[method-assign]
         self.task = asyncio.ensure_future(self.daemon.run())
         await asyncio.sleep(0)
 
     def _check_alive(self) -> None:
+        if self.violation is not None:
+            raise Violation(self.violation)
         if self.daemon is not None and self.daemon.fatal is not None:
             raise Violation(f"invariant 6: a task crashed: {self.daemon.fatal}")
         if self.task is not None and self.task.done() and not self.task.cancelled():
@@ -269,7 +280,13 @@ class World:
                 continue
             if spec and (spec.get("state") == "stopped" or spec.get("restartOnChange")):
                 return
-        raise Violation(f"invariant 5: {op} of running {name!r}, which its config keeps running")
+        self.violate(f"invariant 5: {op} of running {name!r}, which its config keeps running")
+
+    def violate(self, what: str) -> None:
+        """Record it (the daemon would swallow an exception raised inside its call) and fail the call."""
+        if self.violation is None:
+            self.violation = what
+        raise Violation(what)
 
     # ---- the quiet end: invariants 3 and 4 ---------------------------------------------------
     async def _final(self, domains: tuple) -> None:
@@ -282,8 +299,9 @@ class World:
         taken = {d.name for d in self.hv.domains.values() if not self._ours(d)}
         self._write("final.json", file_text(tuple(domains)))
         self._do_reload(True)
-        await asyncio.sleep(1200)  # backoffs (5 min at most), shutdown timeouts, reconnects
-        self._check_alive()
+        for _ in range(20):  # 1,200 s: backoffs (5 min at most), shutdown timeouts, reconnects
+            await asyncio.sleep(60)
+            self._check_alive()
         self._check_converged(dict(domains), taken)
         before = self.hv.mutation_count
         self._do_reload(True)

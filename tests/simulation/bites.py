@@ -1,0 +1,88 @@
+"""Show that the simulator bites: put a defect back, count the schedules until it is found.
+
+    .venv/bin/python -m tests.simulation.bites [--limit 2000]
+
+Each defect is a temporary patch of the daemon (undone afterwards), most of them
+defects of the safety and bad-input issues or of this simulator's own first run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from daemon.core import config as config_mod
+from daemon.core import domain_xml, plan
+
+from .__main__ import quiet
+from .schedule import generate
+from .world import run_schedule
+
+
+@contextlib.contextmanager
+def patched(target: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(target, name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        setattr(target, name, old)
+
+
+def _gate_without(check: str):
+    real = plan._gate
+
+    def gate(kind, desired, observed, *, conflict, held, held_phase, instance):
+        if desired is None and observed is not None and observed.owner is not None and check == "instance":
+            return real(kind, desired, observed, conflict=conflict, held=held, held_phase=held_phase,
+                        instance=observed.owner.owned_by)
+        if desired is None and observed is not None and observed.owner is None and check == "foreign":
+            return None if not (conflict or held) else real(kind, desired, observed, conflict=conflict, held=held,
+                                                            held_phase=held_phase, instance=instance)
+        return real(kind, desired, observed, conflict=conflict, held=held, held_phase=held_phase, instance=instance)
+    return gate
+
+
+def _broken_file_holds_nothing(self, kind, name, source_file):
+    return (kind, name) in self.conflicts
+
+
+DEFECTS = {
+    "another instance's domain is removed (the ownership gate skips the instance)":
+        lambda: patched(plan, "_gate", _gate_without("instance")),
+    "a foreign domain is removed (the ownership gate skips foreign objects)":
+        lambda: patched(plan, "_gate", _gate_without("foreign")),
+    "a broken file's domains are removed instead of held":
+        lambda: patched(config_mod.DesiredState, "held", _broken_file_holds_nothing),
+    "the spec hash is not stable (a restart with an unchanged config redefines)":
+        lambda: patched(domain_xml, "spec_hash", lambda root, _c=iter(range(10**9)): f"{next(_c):032d}"),
+}
+
+
+def schedules_to_find(defect: str, limit: int) -> int | None:
+    with DEFECTS[defect]():
+        for n, seed in enumerate(range(limit), start=1):
+            if run_schedule(generate(seed)) is not None:
+                return n
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.simulation.bites")
+    p.add_argument("--limit", type=int, default=2000)
+    args = p.parse_args(argv)
+    quiet()
+    missed = 0
+    for defect in DEFECTS:
+        found = schedules_to_find(defect, args.limit)
+        missed += found is None
+        print(f"{'found after ' + str(found) + ' schedules' if found else 'NOT found in ' + str(args.limit):>28}: {defect}",
+              flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

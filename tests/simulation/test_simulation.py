@@ -16,6 +16,8 @@ from tests.simulation.world import World, run_schedule
 def _quiet():
     quiet()
     yield
+    import gc
+    gc.collect()  # killed daemons' coroutines finish (and log) here, still quietly
     from daemon import logs
     logs.configure("info")
 

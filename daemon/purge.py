@@ -15,37 +15,28 @@ import os
 import sys
 
 from .cliargs import EXIT_ERROR, EXIT_OK, settings_from
-from .configfiles import ConfigReader
+from .configfiles import ConfigReader, may_declare
 from .declared import read_declared
 
 
 def declared_because(name: str, config_dir: str, state_dir: str) -> list[str]:
     """Why `name` counts as declared (empty: it does not)."""
     reasons: list[str] = []
-    files, problem = ConfigReader(config_dir, trust_checks=True).read()
+    reader = ConfigReader(config_dir, trust_checks=True)
+    files, problem = reader.read()
     if problem is not None:
         return [f"the config directory cannot be read ({problem.message}), so it may declare {name}"]
     for file, parsed in sorted(files.items()):
         if parsed.ok:
             if name in parsed.config.domains:  # type: ignore[union-attr]
                 reasons.append(f"declared in {file}")
-            continue
-        text = _text(config_dir, file)
-        if text is None or f'"{name}"' in text or "\\u" in text:
+        elif file not in reader.broken_texts or may_declare({file: reader.broken_texts[file]}, name):
+            # unreadable (refused, not UTF-8, too large) counts as "may declare" too
             reasons.append(f"{file} is broken and may declare it (fix that file first)")
     declared = read_declared(state_dir)
     if declared is not None and name in declared.get("domains", []):
         reasons.append("declared in the running daemon's last good config (a file held, in conflict, or building)")
     return reasons
-
-
-def _text(config_dir: str, file: str) -> str | None:
-    path = config_dir if os.path.isfile(config_dir) else os.path.join(config_dir, file)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

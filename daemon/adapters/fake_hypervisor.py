@@ -221,21 +221,20 @@ class FakeHypervisor(FakeNetworkOps):
         fp = fingerprint(_text(dom.config, dom.config_owner))
         dom.config_owner = dataclasses.replace(owner, fingerprint=fp)
 
-    def _op_set_owner(self, name: str, owner: Owner) -> None:
+    def _persistent(self, name: str, what: str) -> FakeDomain:
+        """The domain looked at, for a change only a persistent one takes (libvirt's refusals)."""
         dom = self._looked_at(name)
         if dom is None:
             raise HypervisorError(f"Domain not found: no domain with matching name '{name}'")
         if dom.config is None:
-            raise HypervisorError("Requested operation is not valid: cannot change persistent config of a transient domain")
-        dom.config_owner = owner
+            raise HypervisorError(f"Requested operation is not valid: cannot {what} of a transient domain")
+        return dom
+
+    def _op_set_owner(self, name: str, owner: Owner) -> None:
+        self._persistent(name, "change the persistent config").config_owner = owner
 
     def _op_set_autostart(self, name: str, on: bool) -> None:
-        dom = self._looked_at(name)
-        if dom is None:
-            raise HypervisorError(f"Domain not found: no domain with matching name '{name}'")
-        if dom.config is None:
-            raise HypervisorError("Requested operation is not valid: cannot set autostart for transient domain")
-        dom.autostart = bool(on)
+        self._persistent(name, "set autostart").autostart = bool(on)
 
     def _op_start(self, name: str, _: Any) -> None:
         dom = self._looked_at(name)

@@ -135,6 +135,7 @@ class World:
         self.trace.append(f"[{self.vclock.now:9.2f}] {text}")
 
     async def _start(self) -> None:
+        self.last_good = {}  # a new process knows no file's last good content (it is kept in memory)
         self.daemon = Daemon(self.settings, hypervisor=self.hv)
         original = self.daemon.reader.read
 

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from daemon.core import config as config_mod
 from daemon.core import domain_xml, plan
 
 from .__main__ import quiet
@@ -46,17 +45,11 @@ def _gate_without(check: str):
     return gate
 
 
-def _broken_file_holds_nothing(self, kind, name, source_file):
-    return (kind, name) in self.conflicts
-
-
 DEFECTS = {
     "another instance's domain is removed (the ownership gate skips the instance)":
         lambda: patched(plan, "_gate", _gate_without("instance")),
     "a foreign domain is removed (the ownership gate skips foreign objects)":
         lambda: patched(plan, "_gate", _gate_without("foreign")),
-    "a broken file's domains are removed instead of held":
-        lambda: patched(config_mod.DesiredState, "held", _broken_file_holds_nothing),
     "the spec hash is not stable (a restart with an unchanged config redefines)":
         lambda: patched(domain_xml, "spec_hash", lambda root, _c=iter(range(10**9)): f"{next(_c):032d}"),
 }

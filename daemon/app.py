@@ -1,12 +1,13 @@
-"""The composition root: connect, wire sources -> queue -> workers, signals, sd_notify.
+"""The composition root: connect, wire sources -> queue -> workers -> pipeline, signals, sd_notify.
 
 Everything long-lived runs in one asyncio.TaskGroup, each task supervised: an
 exception that escapes one (a bug) is logged in one line, stops the daemon and
 makes `nvirtd run` exit non-zero, so systemd restarts it. Shutdown (SIGTERM, or a
-crashed task): STOPPING=1, stop the sources, let in-flight reconciles finish for
-at most `drain_timeout`, cancel the rest; whatever libvirt does meanwhile (a hung
-libvirtd), the daemon is gone within seconds. VMs are never stopped because
-nvirtd stops.
+crashed task): STOPPING=1, stop the sources, close the queue (which ends the
+workers and every loop waiting on it or on the stop event), let in-flight passes
+finish for at most `drain_timeout`, cancel the rest; whatever libvirt does
+meanwhile (a hung libvirtd), the daemon is gone within seconds. VMs are never
+stopped because nvirtd stops.
 """
 
 from __future__ import annotations
@@ -15,24 +16,25 @@ import asyncio
 import contextlib
 import functools
 import signal
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from .runtime import clock
 from .adapters.hypervisor import Hypervisor
 from .adapters.hypervisor_protocol import HypervisorLike
 from .adapters.images import Images
-from .configfiles import ConfigReader, may_declare
+from .configstore import ConfigStore
 from .connection import LibvirtLink
-from .core.config import merge
-from .core.desired import Rendered, changed_keys, render_all
 from .core.domain_xml import RenderContext
-from .core.spec import ConfigFile, DiskType
-from .declared import write_declared
-from .errors import ConnectionLost, NvirtdError
-from .reconciler import Reconciler
+from .core.keys import Key, Kind
+from .domain_kind import DomainKind
+from .errors import NvirtdError
+from .network_kind import NetworkKind
+from .pipeline import Pipeline
+from .reloads import ReloadTracker
+from .runtime import clock
+from .runtime.expectations import Expectations
 from .runtime.notify import Notifier
 from .runtime.statelock import StateLock
 from .runtime.workqueue import AsyncWorkQueue
@@ -55,106 +57,42 @@ class Daemon:
         self.status = StatusStore(settings.state_dir)
         self._status_dirty = asyncio.Event()
         self.status.on_dirty = self._status_dirty.set
+        self.config = ConfigStore(settings, self.status)
         self.images = Images(state_dir=settings.state_dir, build_command=settings.build_command,
                              jobs=settings.build_jobs, on_built=self._build_finished, build_env=build_env)
-        self.reconciler = Reconciler(self.hv, self.images, self.status, images_dir=settings.images_dir,
-                                     state_dir=settings.state_dir, instance=settings.instance)
-        self.reconciler.enqueue = self.queue.add
-        self.reader = ConfigReader(settings.config_dir, trust_checks=settings.trust_checks)
         self.notifier = Notifier()
         self.link = LibvirtLink(self.hv, self.status, self.notifier, on_connected=self._connected)
-        libvirt_events.wire(self.hv, self.queue.add, self.link.lost, self.reconciler.expectations)
+        self.expectations = Expectations()
+        declared_networks = lambda: self.config.desired.networks if self.config.desired else ()  # noqa: E731
+        kinds = [DomainKind(self.hv, self.images, self.expectations, images_dir=settings.images_dir,
+                            state_dir=settings.state_dir, declared_networks=declared_networks),
+                 NetworkKind(self.hv)]
+        self.pipeline = Pipeline(kinds, self.config, self.status, wake=self.queue.add,
+                                 connection_lost=self.link.lost)
+        self.hv.subscribe(libvirt_events.sink(self.queue.add, self.link.lost, self.expectations))
+        self.reloads = ReloadTracker(self.status, self.notifier)
         self.lock = StateLock(settings.state_dir)
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
         self.fatal: str | None = None  # why the daemon stopped itself (a task crashed)
-        self._last_good: dict[str, ConfigFile] = {}
-        self._ctx: RenderContext | None = None
         self._reload_lock = asyncio.Lock()
         self._reload_wanted = asyncio.Event()
         self._explicit_reload = False
-        self._initial: set[Hashable] = set()
-        self._unacked: set[Hashable] = set()  # keys the last reload queued, not reconciled since
-        self._unacked_since = 0.0  # a pass that began before this does not count
-        self._ready_on_ack = False
+        self._initial: set[Key] = set()
 
     # ---- config ---------------------------------------------------------------------
-    async def reload(self, *, explicit: bool) -> Rendered | None:
-        """Re-read the directory, diff, enqueue what changed. Returns the new desired state.
-
-        The reload is acknowledged (status.json's reload.finished_at, and READY=1 after
-        RELOADING=1) once every key it queued has had its pass, so that `nvirtd status`
-        after `nvirtd reload` shows the reload's effects."""
+    async def reload(self, *, explicit: bool) -> None:
+        """Re-read the directory and queue what changed; acknowledged once those keys had a pass."""
         async with self._reload_lock:
-            started_wall = clock.wall()
-            files, problem = await asyncio.to_thread(self.reader.read)
-            self.status.warnings = [str(s) for s in self.reader.skipped]
-            for skipped in self.reader.skipped:
-                log.warning("config_file_skipped", file=skipped.file, reason=skipped.reason)
-            if problem is not None:
-                # never read a missing or untrusted directory as "no VMs": keep everything
-                log.error("config_directory_problem", error=problem.message)
-                self.status.config_errors = [problem.message]
-                self._begin_reload(started_wall, [problem.message], set())
-                return None
-            state = merge(files, self._last_good)
-            # a broken (or held) file keeps its last good content; a deleted file is forgotten
-            self._last_good = {n: f.config if n not in state.broken_files else self._last_good[n]  # type: ignore[misc]
-                               for n, f in files.items() if n not in state.broken_files or n in self._last_good}
-            previous = self.reconciler.desired
-            assert self._ctx is not None
-            rendered = render_all(state, self._ctx, previous)
-            keys = changed_keys(previous, rendered)
-            nix_paths = self._nix_paths(rendered, None if explicit else keys)
-            if explicit:
-                keys |= {("domain", n) for n, d in rendered.domains.items()
-                         if any(k.type == DiskType.nix for k in d.spec.disks.values())}
-            self.images.invalidate(nix_paths)
-            # what broken files may declare goes with the desired state it was read with (a
-            # worker between the read and this line must not see one without the other)
-            broken = dict(self.reader.broken_texts)
-            self.reconciler.may_declare = functools.partial(may_declare, broken)
-            self.reconciler.desired = rendered
-            write_declared(self.settings.state_dir, rendered)
-            for key in keys:
+            started = clock.wall()
+            result = await self.config.reload(explicit=explicit)
+            self.images.invalidate(result.nix_paths)
+            for key in result.keys:
                 self.queue.add(key)
-            for kind, objs in (("domain", rendered.domains), ("network", rendered.networks)):
-                for name, obj in objs.items():  # `nvirtd status` lists new ones at once, as pending
-                    if (kind, name) not in self.status.entries:
-                        self.status.update(kind, name, phase="pending", file=obj.source_file)
-            errors = [str(e) for e in rendered.all_errors]
-            self.status.config_errors = errors
-            for err in errors:
-                log.error("config_error", error=err)
-            log.info("config_loaded", files=len(files), domains=len(rendered.domains),
-                     networks=len(rendered.networks), changed=len(keys), errors=len(errors),
-                     ms=round((clock.wall() - started_wall) * 1000, 1))
-            self._begin_reload(started_wall, errors, keys)
-            return rendered
-
-    def _begin_reload(self, started_wall: float, errors: list[str], keys: set) -> None:
-        self.status.reload = {"generation": self.status.reload["generation"] + 1, "started_at": started_wall,
-                              "finished_at": None, "errors": errors}
-        self._unacked = set(keys)
-        self._unacked_since = clock.monotonic()
-        if not self._unacked:
-            self._ack_reload()
-
-    def _ack_reload(self) -> None:
-        self.status.reload["finished_at"] = clock.wall()
-        self.status.mark_dirty()
-        self.status.flush()
-        if self._ready_on_ack:
-            self._ready_on_ack = False
-            self.notifier.ready(self.status.summary())
-
-    @staticmethod
-    def _nix_paths(rendered: Rendered, keys: set | None) -> set[str]:
-        return {disk.path for name, d in rendered.domains.items() if keys is None or ("domain", name) in keys
-                for disk in d.spec.disks.values() if disk.type == DiskType.nix}
+            self.reloads.begin(started, result.errors, result.keys)
 
     def _build_finished(self, config_path: str) -> None:
-        for key in self.reconciler.waiting_on_build(config_path):
+        for key in self.config.waiting_on_build(config_path):
             self.queue.add(key)
 
     def request_reload(self, *, explicit: bool) -> None:
@@ -165,34 +103,31 @@ class Daemon:
         while not self.stop_event.is_set():
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
+            if self.stop_event.is_set():
+                return
             explicit, self._explicit_reload = self._explicit_reload, False
             if explicit:
                 self.notifier.reloading()
-                self._ready_on_ack = True
+                self.reloads.ready_on_ack = True
             await self.reload(explicit=explicit)
 
     # ---- libvirt ----------------------------------------------------------------------
     async def _resync_all(self) -> None:
-        keys: set[Hashable] = set()
-        for name in await self.hv.list_domains():
-            keys.add(("domain", name))
-        for name in await self.hv.list_networks():
-            keys.add(("network", name))
-        desired = self.reconciler.desired
-        if desired is not None:
-            keys |= {("domain", n) for n in desired.domains} | {("network", n) for n in desired.networks}
+        keys = {Key(Kind.domain, n) for n in await self.hv.list_domains()}
+        keys |= {Key(Kind.network, n) for n in await self.hv.list_networks()}
+        keys |= self.config.all_keys()
         for key in keys:
             self.queue.add(key)
         log.info("resync_queued", keys=len(keys))
 
     async def _connected(self) -> None:
         """After every (re)connect: the render context once, then a full resync."""
-        if self._ctx is None:
+        if self.config.ctx is None:
             virt = self.settings.virt_type
             if virt.value == "auto":
                 virt = await self.hv.default_virt_type()
-            self._ctx = RenderContext(virt_type=virt, images_dir=self.settings.images_dir,
-                                      state_dir=self.settings.state_dir, instance=self.settings.instance)
+            self.config.ctx = RenderContext(virt_type=virt, images_dir=self.settings.images_dir,
+                                            state_dir=self.settings.state_dir, instance=self.settings.instance)
             log.info("libvirt_connected", uri=self.settings.uri, virt_type=virt.value,
                      instance=self.settings.instance)
             return
@@ -211,33 +146,17 @@ class Daemon:
     # ---- workers ----------------------------------------------------------------------
     async def _worker(self) -> None:
         while (key := await self.queue.get()) is not None:
-            kind, name = key  # type: ignore[misc]
             began = clock.monotonic()
             try:
-                after = await self.reconciler.reconcile(key)  # type: ignore[arg-type]
-                self.queue.forget(key)
+                after = await self.pipeline.reconcile(key)  # type: ignore[arg-type]
                 if after is not None:
                     self.queue.add(key, after)
-            except ConnectionLost as exc:
-                self.queue.add(key, 1.0)
-                self.link.lost(str(exc))
-            except (NvirtdError, OSError) as exc:  # OSError: a full or read-only disk, a vanished file
-                delay = self.queue.failed(key, getattr(exc, "delay", None))
-                self.status.update(kind, name, phase="error", error=str(exc))
-                log.error("reconcile_failed", **{kind: name}, error=str(exc), retry_in=delay)
-            except Exception as exc:  # a bug: report it, keep the daemon and the other VMs going
-                delay = self.queue.failed(key)
-                self.status.update(kind, name, phase="error", error=f"internal error: {exc!r}")
-                log.exception("reconcile_crashed", **{kind: name}, retry_in=delay)
             finally:
                 self.queue.done(key)
-                self._initial.discard(key)
+                self._initial.discard(key)  # type: ignore[arg-type]
                 if not self._initial:
                     self.ready.set()
-                if key in self._unacked and began >= self._unacked_since:
-                    self._unacked.discard(key)
-                    if not self._unacked:
-                        self._ack_reload()
+                self.reloads.passed(key, began)
 
     async def _status_loop(self) -> None:
         """Write status.json and STATUS= when something changed, at most once a second;
@@ -304,7 +223,7 @@ class Daemon:
                 await self._resync_all()
             except NvirtdError as exc:
                 self.link.lost(str(exc))
-            self._initial = set(self.queue.keys.waiting)
+            self._initial = set(self.queue.keys.waiting)  # type: ignore[arg-type]
             if self.settings.watch:
                 watcher = ConfigDirWatcher(self.settings.config_dir, lambda: self.request_reload(explicit=False),
                                            debounce=self.settings.debounce)
@@ -326,7 +245,7 @@ class Daemon:
                     watcher = None
                 self.queue.close()
                 _done, pending = await asyncio.wait(workers, timeout=self.settings.drain_timeout)
-                for task in [*pending, *helpers]:
+                for task in [*pending, *helpers]:  # the helpers wait on events that will not come now
                     task.cancel()
         finally:  # each step best effort: a failing one must neither hang the exit nor skip the rest
             if watcher is not None:

@@ -113,21 +113,27 @@ def cmd_reference(_args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """What the daemon would do now: the same observe and plan as a reconcile pass, and no
+    execute (nothing is changed, not even a GC root)."""
     from .adapters.hypervisor import Hypervisor
     from .adapters.images import Images
-    from .configfiles import ConfigReader
-    from .core.config import merge
-    from .core.desired import render_all
+    from .configstore import ConfigStore
     from .core.domain_xml import RenderContext
-    from .core.plan import Act, Condition
+    from .core.keys import Key, Kind
+    from .core.plan import Act, Condition, Phase
     from .core.spec import VirtType
-    from .reconciler import Reconciler
+    from .domain_kind import DomainKind
+    from .network_kind import NetworkKind
+    from .pipeline import Pipeline
+    from .runtime.expectations import Expectations
     from .status import StatusStore
 
     settings = settings_from(args)
 
     async def go() -> int:
-        files, problem = ConfigReader(settings.config_dir, trust_checks=settings.trust_checks).read()
+        status = StatusStore("/nonexistent")
+        config = ConfigStore(settings, status)
+        files, problem = config.reader.read()
         if problem is not None:
             print(problem.message, file=sys.stderr)
             return EXIT_ERROR
@@ -137,24 +143,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
             virt = VirtType(args.virt_type)
             if virt == VirtType.auto:
                 virt = await hv.default_virt_type()
-            ctx = RenderContext(virt, settings.images_dir, settings.state_dir, instance=settings.instance)
-            rendered = render_all(merge(files, {}), ctx)
-            rec = Reconciler(hv, Images(state_dir=settings.state_dir), StatusStore("/nonexistent"),
-                             images_dir=settings.images_dir, dry_run=True, instance=settings.instance)
-            rec.desired = rendered
-            keys = [("network", n) for n in sorted(set(rendered.networks) | set(await hv.list_networks()))]
-            keys += [("domain", n) for n in sorted(set(rendered.domains) | set(await hv.list_domains()))]
+            config.ctx = RenderContext(virt, settings.images_dir, settings.state_dir, instance=settings.instance)
+            config.render(files)
+            rendered = config.desired
+            assert rendered is not None
+            images = Images(state_dir=settings.state_dir)
+            kinds = [DomainKind(hv, images, Expectations(), images_dir=settings.images_dir,
+                                state_dir=settings.state_dir, declared_networks=lambda: rendered.networks),
+                     NetworkKind(hv)]
+            pipeline = Pipeline(kinds, config, status, wake=lambda key: None, connection_lost=lambda why: None)
+            keys = [Key(Kind.network, n) for n in sorted(set(rendered.networks) | set(await hv.list_networks()))]
+            keys += [Key(Kind.domain, n) for n in sorted(set(rendered.domains) | set(await hv.list_domains()))]
             changes = 0
             for key in keys:
-                plan = await rec.plan_and_act(key)
+                _wanted, _obs, plan = await pipeline.look(key)
                 # evaluating an image whose overlay exists is a check, not a change
-                acts = [a for a in plan.actions if a.kind != Act.build_image or plan.phase == "building"]
-                if plan.phase == "removed" and not acts and Condition.foreign not in plan.conditions:
+                acts = [a for a in plan.actions if a.kind != Act.build_image or plan.phase == Phase.building]
+                if plan.phase == Phase.removed and not acts and Condition.foreign not in plan.conditions:
                     continue
                 changes += len(acts)
                 conds = f" [{', '.join(sorted(plan.conditions))}]" if plan.conditions else ""
                 what = ", ".join(str(a) for a in acts) or "nothing to do"
-                print(f"{key[0]} {key[1]}: {what}{conds}" + (f"  ({plan.message})" if plan.message else ""))
+                print(f"{key.kind.value} {key.name}: {what}{conds}" + (f"  ({plan.message})" if plan.message else ""))
             for err in rendered.all_errors:
                 print(f"error: {err}", file=sys.stderr)
             return EXIT_CHANGES if changes else (EXIT_ERROR if rendered.all_errors else EXIT_OK)

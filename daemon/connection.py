@@ -13,17 +13,18 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from .adapters.hypervisor import Hypervisor
+from .adapters.hypervisor_protocol import HypervisorLike
+from .core import backoff
+from .core.backoff import Backoff
 from .errors import NvirtdError
 from .runtime.notify import Notifier
 from .status import StatusStore
 
 log = structlog.get_logger("nvirtd.libvirt")
-MAX_BACKOFF = 30.0
 
 
 class LibvirtLink:
-    def __init__(self, hv: Hypervisor, status: StatusStore, notifier: Notifier, *,
+    def __init__(self, hv: HypervisorLike, status: StatusStore, notifier: Notifier, *,
                  on_connected: Callable[[], Awaitable[None]]) -> None:
         self.hv = hv
         self.status = status
@@ -45,12 +46,14 @@ class LibvirtLink:
     async def connect_with_backoff(self, stop: asyncio.Event) -> bool:
         """Connect (and run on_connected), retrying while libvirtd is away or hung.
         False when asked to stop meanwhile."""
-        delay = 0.5
+        attempts = 0
         while not stop.is_set():
             try:
                 await self.hv.connect()
                 await self.on_connected()
             except NvirtdError as exc:
+                attempts += 1
+                delay = backoff.delay(Backoff.connect, attempts)
                 await self.hv.close(timeout=1.0)
                 if self.status.set_libvirt(self.hv.uri, "unreachable", str(exc)):
                     log.warning("libvirt_connect_failed", uri=self.hv.uri, error=str(exc),
@@ -60,7 +63,6 @@ class LibvirtLink:
                 self.notifier.status(self.status.summary())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, MAX_BACKOFF)
                 continue
             self.up = True
             self.connects += 1

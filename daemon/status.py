@@ -73,12 +73,13 @@ class StatusStore:
         if entry is None:
             entry = self.entries[(kind, name)] = Entry(kind=kind, name=name)
         before = (entry.phase, entry.conditions, entry.message, entry.error)
+        shown = (entry.file, entry.last_actions, entry.disks)
         for key, value in values.items():
             setattr(entry, key, value)
         if (entry.phase, entry.conditions, entry.message, entry.error) != before:
             entry.changed_at = clock.wall()
             self.mark_dirty()
-        elif values.get("disks") is not None or values.get("last_actions"):
+        elif (entry.file, entry.last_actions, entry.disks) != shown:
             self.mark_dirty()
         return entry
 

@@ -20,15 +20,15 @@ import copy
 import dataclasses
 import itertools
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ..core.observed import ObservedDomain, Power
+from ..core.observed import DomainEvent, ObservedDomain, Power
 from ..core.ownership import Owner, fingerprint, owner_element, parse_owner
 from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
 from .fake_hypervisor_networks import FakeNetwork, FakeNetworkOps
+from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, EventSink, MarkShutdown, SetAutostart, SetOwner,
+                                  Shutdown, Start, Undefine)
 
 
 @dataclass
@@ -70,10 +70,7 @@ class FakeHypervisor(FakeNetworkOps):
         self.mutations: collections.Counter[str] = collections.Counter()
         self.calls = 0
         self.known: set[str] | None = None
-        self.on_domain_event: Callable[[str, str], None] = lambda name, event: None
-        self.on_network_event: Callable[[str], None] = lambda name: None
-        self.on_close: Callable[[str], None] = lambda reason: None
-        self.event_filter: Callable[[str, str], bool] = lambda name, event: False
+        self.events = EventSink()
         self.domains: dict[str, FakeDomain] = {}  # by UUID
         self.networks: dict[str, FakeNetwork] = {}
         self.libvirtd_up = True
@@ -89,6 +86,9 @@ class FakeHypervisor(FakeNetworkOps):
     def mutation_count(self) -> int:
         return sum(self.mutations.values())
 
+    def subscribe(self, sink: EventSink) -> None:
+        self.events = sink
+
     def _call(self, op: str) -> None:
         self.calls += 1
         if not self.connected:
@@ -97,19 +97,19 @@ class FakeHypervisor(FakeNetworkOps):
         if fault is not None:
             raise fault
 
-    def _emit(self, name: str, event: str) -> None:
-        if self.event_filter(name, event) or not self.connected or self._loop is None or self._loop.is_closed():
+    def _emit(self, name: str, event: DomainEvent) -> None:
+        if self.events.drop(name, event) or not self.connected or self._loop is None or self._loop.is_closed():
             return
         self._loop.call_soon(self._deliver, name, event)
 
-    def _deliver(self, name: str, event: str) -> None:
+    def _deliver(self, name: str, event: DomainEvent) -> None:
         if self.known is not None:
-            (self.known.discard if event == "undefined" else self.known.add)(name)
-        self.on_domain_event(name, event)
+            (self.known.discard if event == DomainEvent.undefined else self.known.add)(name)
+        self.events.domain(name, event)
 
     def _emit_net(self, name: str) -> None:
         if self.connected and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon(self.on_network_event, name)
+            self._loop.call_soon(self.events.network, name)
 
     def _by_name(self, name: str) -> FakeDomain | None:
         return next((d for d in self.domains.values() if d.name == name), None)
@@ -144,7 +144,7 @@ class FakeHypervisor(FakeNetworkOps):
         if self.connected:
             self.connected = False
             if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon(self.on_close, reason)
+                self._loop.call_soon(self.events.closed, reason)
 
     # ---- reads ----------------------------------------------------------------------
     async def default_virt_type(self) -> VirtType:
@@ -189,12 +189,36 @@ class FakeHypervisor(FakeNetworkOps):
                              for s in (d.live if d.live is not None else d.config).findall("./devices/interface/source")))
 
     # ---- domain writes --------------------------------------------------------------
-    async def apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
-        for kind, _ in ops:
-            self.mutations[kind] += 1
-        for kind, arg in ops:
-            self._call(kind)
-            getattr(self, f"_op_{kind}")(name, arg)
+    async def apply(self, name: str, ops: list[DomainOp]) -> None:
+        for op in ops:
+            self.mutations[op.counter] += 1
+        for op in ops:
+            self._call(op.counter)
+            match op:
+                case DefineDomain(xml=xml, owner=owner):
+                    self._define_owned(xml, owner)
+                case SetOwner(owner=owner):
+                    self._persistent(name, "change the persistent config").config_owner = owner
+                case SetAutostart(on=on):
+                    self._persistent(name, "set autostart").autostart = bool(on)
+                case Start():
+                    self._start(name)
+                case MarkShutdown(owner=owner):
+                    dom = self._looked_at(name)
+                    if dom is not None and dom.power.active:
+                        dom.live_owner = owner
+                case Shutdown():
+                    dom = self._looked_at(name)
+                    if dom is not None and dom.power.active and dom.obeys_acpi:
+                        self.power_off(dom)
+                case Destroy():
+                    dom = self._looked_at(name)
+                    if dom is not None and dom.power.active:
+                        self.power_off(dom)
+                case Undefine():
+                    self._undefine(name)
+                case _:
+                    raise TypeError(f"not a domain operation: {op!r}")
 
     def define(self, xml: str) -> FakeDomain:
         """defineXML: a new persistent domain, or a new definition for an existing one."""
@@ -208,11 +232,10 @@ class FakeHypervisor(FakeNetworkOps):
         dom = same_uuid or FakeDomain(uuid=uuid, name=name, config=None, config_owner=None)
         dom.config, dom.config_owner = root, owner
         self.domains[uuid] = dom
-        self._emit(name, "defined")
+        self._emit(name, DomainEvent.defined)
         return dom
 
-    def _op_define_domain(self, name: str, arg: tuple[str, Owner]) -> None:
-        xml, owner = arg
+    def _define_owned(self, xml: str, owner: Owner) -> None:
         dom = self.define(xml)
         self._looked[dom.name] = dom.uuid
         if self.known is not None:
@@ -230,13 +253,7 @@ class FakeHypervisor(FakeNetworkOps):
             raise HypervisorError(f"Requested operation is not valid: cannot {what} of a transient domain")
         return dom
 
-    def _op_set_owner(self, name: str, owner: Owner) -> None:
-        self._persistent(name, "change the persistent config").config_owner = owner
-
-    def _op_set_autostart(self, name: str, on: bool) -> None:
-        self._persistent(name, "set autostart").autostart = bool(on)
-
-    def _op_start(self, name: str, _: Any) -> None:
+    def _start(self, name: str) -> None:
         dom = self._looked_at(name)
         if dom is None:
             raise HypervisorError(f"Domain not found: no domain with matching name '{name}'")
@@ -247,30 +264,15 @@ class FakeHypervisor(FakeNetworkOps):
         assert dom.config is not None
         dom.live, dom.live_owner = copy.deepcopy(dom.config), dom.config_owner
         dom.power = Power.running
-        self._emit(dom.name, "started")
-
-    def _op_mark_shutdown(self, name: str, owner: Owner) -> None:
-        dom = self._looked_at(name)
-        if dom is not None and dom.power.active:
-            dom.live_owner = owner
-
-    def _op_shutdown(self, name: str, _: Any) -> None:
-        dom = self._looked_at(name)
-        if dom is not None and dom.power.active and dom.obeys_acpi:
-            self.power_off(dom)
-
-    def _op_destroy(self, name: str, _: Any) -> None:
-        dom = self._looked_at(name)
-        if dom is not None and dom.power.active:
-            self.power_off(dom)
+        self._emit(dom.name, DomainEvent.started)
 
     def power_off(self, dom: FakeDomain) -> None:
         dom.power, dom.live, dom.live_owner = Power.shutoff, None, None
-        self._emit(dom.name, "stopped")
+        self._emit(dom.name, DomainEvent.stopped)
         if dom.config is None:  # a transient domain is gone once it stops
             del self.domains[dom.uuid]
 
-    def _op_undefine(self, name: str, _: Any) -> None:
+    def _undefine(self, name: str) -> None:
         dom = self._looked_at(name)
         if dom is None or dom.config is None:
             return
@@ -279,7 +281,7 @@ class FakeHypervisor(FakeNetworkOps):
         else:
             del self.domains[dom.uuid]
         self._looked.pop(name, None)  # as the real adapter drops its handle: the next change looks first
-        self._emit(dom.name, "undefined")
+        self._emit(dom.name, DomainEvent.undefined)
 
     # ---- out of band: what someone does with virsh ------------------------------------
     def oob_define(self, xml: str) -> FakeDomain:
@@ -301,4 +303,4 @@ class FakeHypervisor(FakeNetworkOps):
             if dom.power.active:
                 self.power_off(dom)
             self.domains.pop(dom.uuid, None)
-            self._emit(name, "undefined")
+            self._emit(name, DomainEvent.undefined)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.network_xml import LIVE_SECTIONS, StaticHost, canonical_host, static_hosts
-from ..core.observed import ObservedNetwork
+from ..core.observed import NetworkLink, ObservedNetwork
 from ..core.ownership import OWNER_TAG, fingerprint, parse_owner
 from ..errors import HypervisorError
 from .hostnet import GuestTap
@@ -70,6 +70,14 @@ class FakeNetworkOps:
                                live_spec_hash=live_hash, fingerprint=fingerprint(ET.tostring(root, encoding="unicode")),
                                autostart=persistent and net.autostart, persistent=persistent,
                                live_restart_hash=live_restart, live_hosts=hosts)
+
+    async def network_link(self, name: str) -> NetworkLink:
+        self._call("network_link")
+        net = next((n for n in self.networks.values() if n.name == name), None)
+        if net is None:
+            return NetworkLink(name, active=False, instance=None)
+        owner = parse_owner(net.live if net.live is not None else net.config)
+        return NetworkLink(name, active=net.live is not None, instance=owner.owned_by if owner else None)
 
     async def define_network(self, xml: str) -> str:
         self.mutations["define_network"] += 1

@@ -2,7 +2,9 @@
 this module connects, reads and listens; hypervisor_domains and hypervisor_networks
 (mixins) hold the writes.
 
-- Every call that can block runs in this adapter's thread pool, never on the loop.
+- No call blocks the loop: reads and writes run in this adapter's thread pool;
+  connect and close, which can hang on a hung libvirtd, run in threads of their
+  own and are given up after a timeout.
 - libvirtError is translated here: NO_DOMAIN/NO_NETWORK become None on lookups,
   a dead connection becomes ConnectionLost, the rest HypervisorError with libvirt's
   message. Nothing above this module catches libvirtError.
@@ -29,12 +31,13 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from ..core.observed import ObservedDomain, Power
+from ..core.observed import DomainEvent, ObservedDomain, Power
 from ..core.ownership import NAMESPACE, fingerprint, parse_owner, parse_owner_element
 from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
 from .hypervisor_domains import DomainOps
 from .hypervisor_networks import NetworkOps
+from .hypervisor_protocol import EventSink
 
 T = TypeVar("T")
 _POWER = {
@@ -47,11 +50,11 @@ _POWER = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: Power.pmsuspended,
 }
 DOMAIN_EVENTS = {
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined", libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
-    libvirt.VIR_DOMAIN_EVENT_STARTED: "started", libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed", libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: DomainEvent.defined, libvirt.VIR_DOMAIN_EVENT_UNDEFINED: DomainEvent.undefined,
+    libvirt.VIR_DOMAIN_EVENT_STARTED: DomainEvent.started, libvirt.VIR_DOMAIN_EVENT_SUSPENDED: DomainEvent.suspended,
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: DomainEvent.resumed, libvirt.VIR_DOMAIN_EVENT_STOPPED: DomainEvent.stopped,
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: DomainEvent.shutdown,
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: DomainEvent.pmsuspended, libvirt.VIR_DOMAIN_EVENT_CRASHED: DomainEvent.crashed,
 }
 
 _event_lock = threading.Lock()
@@ -136,11 +139,7 @@ class Hypervisor(DomainOps, NetworkOps):
         self.calls = 0
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="libvirt")
         self._callback_ids: list[tuple[str, int]] = []
-        self.on_domain_event: Callable[[str, str], None] = lambda name, event: None
-        self.on_network_event: Callable[[str], None] = lambda name: None
-        self.on_close: Callable[[str], None] = lambda reason: None
-        # called in libvirt's event thread: True drops the event there (must be thread-safe)
-        self.event_filter: Callable[[str, str], bool] = lambda name, event: False
+        self.events = EventSink()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._doms: dict[str, Any] = {}  # name -> virDomain: saves a lookup RPC per call
         self._nets: dict[str, Any] = {}  # name -> virNetwork of the last look (see hypervisor_handles)
@@ -149,6 +148,9 @@ class Hypervisor(DomainOps, NetworkOps):
         self.known: set[str] | None = None
 
     # ---- plumbing -------------------------------------------------------------------
+    def subscribe(self, sink: EventSink) -> None:
+        self.events = sink
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         self.calls += 1
         loop = asyncio.get_running_loop()
@@ -250,24 +252,25 @@ class Hypervisor(DomainOps, NetworkOps):
 
     def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
         why = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client closed"}.get(reason, str(reason))
-        self._to_loop(self.on_close, why)
+        self._to_loop(self.events.closed, why)
 
     def _domain_event(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
-        name, kind = dom.name(), DOMAIN_EVENTS.get(event, str(event))
-        if self.event_filter(name, kind):  # expected (our own action's echo): no need to wake the loop
+        kind = DOMAIN_EVENTS.get(event, DomainEvent.other)  # one nvirtd does not know: still a change
+        name = dom.name()
+        if self.events.drop(name, kind):  # expected (our own action's echo): no need to wake the loop
             return
         self._to_loop(self._note_domain_event, name, kind)
 
-    def _note_domain_event(self, name: str, event: str) -> None:
+    def _note_domain_event(self, name: str, event: DomainEvent) -> None:
         if self.known is not None:
-            if event == "undefined":
+            if event == DomainEvent.undefined:
                 self.known.discard(name)
             else:
                 self.known.add(name)
-        self.on_domain_event(name, event)
+        self.events.domain(name, event)
 
     def _network_event(self, _conn: Any, net: Any, _event: int, _detail: int, _opaque: Any) -> None:
-        self._to_loop(self.on_network_event, net.name())
+        self._to_loop(self.events.network, net.name())
 
     def _c(self) -> libvirt.virConnect:
         if self.conn is None or not self._pool_conns:

@@ -1,8 +1,8 @@
 """libvirt domains: the writing half of the Hypervisor adapter (see hypervisor.py).
 
 Same rules: blocking calls run in the adapter's pool, libvirtError is translated
-there, mutations are counted. One synchronous function per operation; `apply`
-runs several of them for one domain in a single thread job (define, autostart and
+there, mutations are counted. `apply` takes typed operations (hypervisor_protocol)
+and runs several of them for one domain in a single thread job (define, autostart and
 start of a new domain cost one hop to the pool, not three).
 
 A change is only ever made through the handle the reconciler's last look cached
@@ -19,6 +19,8 @@ import libvirt
 
 from ..core.ownership import NAMESPACE, PREFIX, Owner, fingerprint, owner_xml
 from .hypervisor_handles import through_cached
+from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, MarkShutdown, SetAutostart, SetOwner, Shutdown,
+                                  Start, Undefine)
 
 T = TypeVar("T")
 _MARK_IS_OPTIONAL = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG,
@@ -54,21 +56,43 @@ class DomainOps:
     _doms: dict[str, Any]
     known: set[str] | None
 
-    async def apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
-        for kind, _ in ops:
-            self._count(kind)
+    async def apply(self, name: str, ops: list[DomainOp]) -> None:
+        for op in ops:
+            self._count(op.counter)
         await self._run(self._apply, name, ops)
 
-    def _apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
-        for kind, arg in ops:
-            getattr(self, f"_op_{kind}")(name, arg)
+    def _apply(self, name: str, ops: list[DomainOp]) -> None:
+        for op in ops:
+            match op:
+                case DefineDomain(xml=xml, owner=owner):
+                    self._define(xml, owner)
+                case SetOwner(owner=owner):
+                    self._set_owner(name, owner)
+                case SetAutostart(on=on):
+                    self._on_observed(name, lambda d: d.setAutostart(1 if on else 0))
+                case Start():
+                    self._start(name)
+                case MarkShutdown(owner=owner):
+                    self._mark_shutdown(name, owner)
+                case Shutdown():
+                    self._on_observed(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
+                        d.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)), gone_is_done=True)
+                case Destroy():
+                    self._on_observed(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
+                        d.destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)), gone_is_done=True)
+                case Undefine():
+                    # without KEEP_NVRAM (drivers that lack the flag) libvirt refuses to drop NVRAM, never deletes it
+                    self._on_observed(name, lambda d: _with_flags_fallback(d.undefineFlags, UNDEFINE_FLAGS),
+                                      gone_is_done=True)
+                    self._doms.pop(name, None)
+                case _:
+                    raise TypeError(f"not a domain operation: {op!r}")
 
     def _on_observed(self, name: str, fn: Callable[[Any], T], *, gone_is_done: bool = False) -> T | None:
         return through_cached(self._doms, "domain", name, fn, gone_code=libvirt.VIR_ERR_NO_DOMAIN,
                               gone_is_done=gone_is_done)
 
-    def _op_define_domain(self, _name: str, arg: tuple[str, Owner]) -> None:
-        xml, owner = arg
+    def _define(self, xml: str, owner: Owner) -> None:
         dom = self._c().defineXML(xml)
         self._doms[dom.name()] = dom
         if self.known is not None:
@@ -78,12 +102,12 @@ class DomainOps:
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(recorded), PREFIX, NAMESPACE,
                         libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
-    def _op_set_owner(self, name: str, owner: Owner) -> None:
+    def _set_owner(self, name: str, owner: Owner) -> None:
         """The owner element of the persistent definition, with nothing else changed."""
         self._on_observed(name, lambda d: d.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(owner),
                                                         PREFIX, NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
 
-    def _op_mark_shutdown(self, name: str, owner: Owner) -> None:
+    def _mark_shutdown(self, name: str, owner: Owner) -> None:
         """Record in the running instance's metadata when the graceful shutdown began; it
         goes with the instance (a new boot starts without it). A guest that stopped
         meanwhile has nothing left to mark."""
@@ -97,10 +121,7 @@ class DomainOps:
                     raise
         self._on_observed(name, mark, gone_is_done=True)
 
-    def _op_set_autostart(self, name: str, on: bool) -> None:
-        self._on_observed(name, lambda d: d.setAutostart(1 if on else 0))
-
-    def _op_start(self, name: str, _: Any) -> None:
+    def _start(self, name: str) -> None:
         def start(d: Any) -> None:
             try:
                 d.create()
@@ -110,17 +131,3 @@ class DomainOps:
                 if d.isActive() != 1:
                     raise
         self._on_observed(name, start)
-
-    # stopping or undefining a domain that is gone (a transient one vanishes when it stops) is done
-    def _op_shutdown(self, name: str, _: Any) -> None:
-        self._on_observed(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
-            d.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)), gone_is_done=True)
-
-    def _op_destroy(self, name: str, _: Any) -> None:
-        self._on_observed(name, lambda d: _unless_stopped(lambda: _with_flags_fallback(
-            d.destroyFlags, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)), gone_is_done=True)
-
-    def _op_undefine(self, name: str, _: Any) -> None:
-        # without KEEP_NVRAM (drivers that lack the flag) libvirt refuses to drop NVRAM, never deletes it
-        self._on_observed(name, lambda d: _with_flags_fallback(d.undefineFlags, UNDEFINE_FLAGS), gone_is_done=True)
-        self._doms.pop(name, None)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from ..core.network_xml import StaticHost, static_hosts
-from ..core.observed import ObservedNetwork
+from ..core.observed import NetworkLink, ObservedNetwork
 from ..core.ownership import NAMESPACE, fingerprint, parse_owner
 from .hostnet import GuestTap
 from .hypervisor_handles import through_cached
@@ -91,6 +91,22 @@ class NetworkOps:
             live_spec_hash=live_hash, fingerprint=fingerprint(xml), autostart=autostart, persistent=persistent,
             live_restart_hash=live_restart, live_hosts=live_hosts,
         )
+
+    async def network_link(self, name: str) -> NetworkLink:
+        """Whether a network a domain needs is up, and whose it is: the cheap look a
+        domain takes before it starts (lookup, isActive, one XML read)."""
+        return await self._run(self._network_link, name)
+
+    def _network_link(self, name: str) -> NetworkLink:
+        try:
+            net = self._c().networkLookupByName(name)
+            active = net.isActive() == 1
+            owner = parse_owner(ET.fromstring(net.XMLDesc(0)))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                return NetworkLink(name, active=False, instance=None)
+            raise
+        return NetworkLink(name, active=active, instance=owner.owned_by if owner is not None else None)
 
     # ---- network writes -------------------------------------------------------------
     async def define_network(self, xml: str) -> str:

@@ -5,47 +5,101 @@ in-memory model of the libvirt semantics nvirtd depends on, for deterministic te
 and simulation. tests/adapters/test_hypervisor_contract.py runs one suite against
 both, so the fake cannot drift from the real thing unnoticed.
 
-Domain changes go through `apply(name, ops)`, a list of (operation, argument) run in
-order on the object the last look saw (never on whatever has the name now):
+Domain changes go through `apply(name, ops)`: typed operations run in order on the
+object the last look saw (never on whatever has the name now). Events come to the
+one `EventSink` given to `subscribe`.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 from ..core.network_xml import StaticHost
-from ..core.observed import ObservedDomain, ObservedNetwork
+from ..core.observed import DomainEvent, NetworkLink, ObservedDomain, ObservedNetwork
+from ..core.ownership import Owner
 from ..core.spec import VirtType
 from .hostnet import GuestTap
 
-# operation -> its argument, for apply()
-DOMAIN_OPS = {
-    "define_domain": "(xml, Owner): define, then record the owner with libvirt's fingerprint",
-    "set_owner": "Owner: the owner element of the persistent definition, nothing else",
-    "set_autostart": "bool",
-    "start": "None: already running is done",
-    "mark_shutdown": "Owner: the live owner element, with when the shutdown began",
-    "shutdown": "None: ACPI; gone or already off is done",
-    "destroy": "None: gone or already off is done",
-    "undefine": "None: keeps NVRAM and TPM state; gone is done",
-}
-DOMAIN_EVENTS = ("defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown",
-                 "pmsuspended", "crashed")
+
+@dataclass(frozen=True, slots=True)
+class DefineDomain:
+    """Define, then record the owner with libvirt's fingerprint of what it stored."""
+    xml: str
+    owner: Owner
+    counter: ClassVar[str] = "define_domain"
+
+
+@dataclass(frozen=True, slots=True)
+class SetOwner:
+    """The owner element of the persistent definition, nothing else."""
+    owner: Owner
+    counter: ClassVar[str] = "set_owner"
+
+
+@dataclass(frozen=True, slots=True)
+class SetAutostart:
+    on: bool
+    counter: ClassVar[str] = "set_autostart"
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Already running is done."""
+    counter: ClassVar[str] = "start"
+
+
+@dataclass(frozen=True, slots=True)
+class MarkShutdown:
+    """The live owner element, with when the graceful shutdown began; gone or off is done."""
+    owner: Owner
+    counter: ClassVar[str] = "mark_shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """ACPI power button; gone or already off is done."""
+    counter: ClassVar[str] = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Destroy:
+    """Gone or already off is done."""
+    counter: ClassVar[str] = "destroy"
+
+
+@dataclass(frozen=True, slots=True)
+class Undefine:
+    """Keeps NVRAM and TPM state; gone is done."""
+    counter: ClassVar[str] = "undefine"
+
+
+DomainOp = DefineDomain | SetOwner | SetAutostart | Start | MarkShutdown | Shutdown | Destroy | Undefine
+
+
+@dataclass(slots=True)
+class EventSink:
+    """Where a hypervisor delivers what libvirt tells: on the asyncio loop, except `drop`,
+    which runs where the event arrives (libvirt's event thread) and must be thread-safe:
+    True drops an event nvirtd expected (its own action's echo) before it wakes the loop."""
+
+    domain: Callable[[str, DomainEvent], None] = lambda name, event: None
+    network: Callable[[str], None] = lambda name: None
+    closed: Callable[[str], None] = lambda reason: None
+    drop: Callable[[str, DomainEvent], bool] = lambda name, event: False
 
 
 class HypervisorLike(Protocol):
     uri: str
     mutations: collections.Counter[str]
     known: set[str] | None
-    on_domain_event: Callable[[str, str], None]
-    on_network_event: Callable[[str], None]
-    on_close: Callable[[str], None]
-    event_filter: Callable[[str, str], bool]
+    events: EventSink
 
     @property
     def mutation_count(self) -> int: ...
+    def subscribe(self, sink: EventSink) -> None: ...
     async def connect(self, *, timeout: float = 15.0) -> None: ...
     async def close(self, *, timeout: float = 2.0) -> None: ...
     def shutdown_pool(self) -> None: ...
@@ -54,8 +108,9 @@ class HypervisorLike(Protocol):
     async def list_networks(self) -> list[str]: ...
     async def observe_domain(self, name: str) -> ObservedDomain | None: ...
     async def domains_using_network(self, network: str) -> list[str]: ...
-    async def apply(self, name: str, ops: list[tuple[str, Any]]) -> None: ...
+    async def apply(self, name: str, ops: list[DomainOp]) -> None: ...
     async def observe_network(self, name: str) -> ObservedNetwork | None: ...
+    async def network_link(self, name: str) -> NetworkLink: ...
     async def define_network(self, xml: str) -> str: ...
     async def set_network_autostart(self, name: str, on: bool) -> None: ...
     async def start_network(self, name: str, xml: str | None = None) -> None: ...

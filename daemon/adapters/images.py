@@ -26,6 +26,8 @@ from pathlib import Path
 import structlog
 
 from ..runtime import clock
+from ..core import backoff
+from ..core.backoff import Backoff
 from ..core.identity import gc_root_name
 from ..core.observed import BuildPhase, BuildState
 from ..errors import CommandError, PermanentError
@@ -88,13 +90,13 @@ def find_image(result: str) -> str:
 
 class Images:
     def __init__(self, *, state_dir: str, build_command: tuple[str, ...] = DEFAULT_BUILD_COMMAND, jobs: int = 2,
-                 on_built: Callable[[str], None] = lambda path: None, retry_delay: float = 60.0,
+                 on_built: Callable[[str], None] = lambda path: None, retry_delay: float | None = None,
                  build_env: dict[str, str] | None = None) -> None:
         self.roots_dir = Path(state_dir) / "gcroots"
         self.registry_path = Path(state_dir) / "overlays.json"
         self.build_command = tuple(build_command)
         self.on_built = on_built
-        self.retry_delay = retry_delay
+        self.retry_delay = retry_delay  # the first retry's wait (core/backoff.py's build row if None)
         self.build_env = build_env
         self._jobs = asyncio.Semaphore(jobs)
         self._builds: dict[str, BuildState] = {}
@@ -142,7 +144,7 @@ class Images:
         except (CommandError, PermanentError, OSError) as exc:
             count = self._failures.get(path, 0) + 1
             self._failures[path] = count
-            delay = min(self.retry_delay * 2 ** (count - 1), 3600.0)
+            delay = backoff.delay(Backoff.build, count, first=self.retry_delay)
             tail = exc.output_tail if isinstance(exc, CommandError) else str(exc)
             self._builds[path] = BuildState(BuildPhase.failed, error=_tail_lines(tail),
                                             retry_at=clock.monotonic() + delay)
@@ -152,11 +154,19 @@ class Images:
         self.on_built(path)
 
     # ---- GC roots -------------------------------------------------------------------
+    def is_rooted(self, image: str) -> bool:
+        """Whether the store path holding `image` has nvirtd's GC root (no I/O beyond a stat)."""
+        if not STORE_PATH.match(image):
+            return True  # not a store path: nothing would collect it
+        store = store_root(image)
+        link = self.roots_dir / gc_root_name(store)
+        return link.is_symlink() and os.readlink(link) == store and os.path.exists(store)
+
     async def ensure_root(self, image: str) -> Path:
         """An indirect GC root for the store path holding `image` (idempotent)."""
         store = store_root(image)
         link = self.roots_dir / gc_root_name(store)
-        if link.is_symlink() and os.readlink(link) == store and os.path.exists(store):
+        if self.is_rooted(image):
             return link
         self.roots_dir.mkdir(parents=True, exist_ok=True)
         await proc.run(["nix-store", "--realise", store, "--add-root", str(link), "--indirect"], env=self.build_env)

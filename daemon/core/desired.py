@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .config import ConfigError, DesiredState
+from .keys import Key, Kind
 from .domain_xml import RenderContext, RenderedDomain, render_domain
 from .network_xml import RenderedNetwork, render_network
 from .spec import Domain, Network
@@ -71,20 +72,20 @@ def render_all(state: DesiredState, ctx: RenderContext, previous: Rendered | Non
                     held_keys=frozenset(held))
 
 
-def changed_keys(old: Rendered | None, new: Rendered) -> set[tuple[str, str]]:
+def changed_keys(old: Rendered | None, new: Rendered) -> set[Key]:
     """Keys whose desired state differs: only these need a reconcile after a reload."""
     if old is None:
-        return {("domain", n) for n in new.domains} | {("network", n) for n in new.networks}
-    keys: set[tuple[str, str]] = set()
-    for kind, a, b in (("domain", old.domains, new.domains), ("network", old.networks, new.networks)):
+        return {Key(Kind.domain, n) for n in new.domains} | {Key(Kind.network, n) for n in new.networks}
+    keys: set[Key] = set()
+    for kind, a, b in ((Kind.domain, old.domains, new.domains), (Kind.network, old.networks, new.networks)):
         for name in set(a) | set(b):
             if a.get(name) != b.get(name):
-                keys.add((kind, name))
+                keys.add(Key(kind, name))
     flagged_old = set(old.held_keys) | set(old.state.conflicts)
     flagged_new = set(new.held_keys) | set(new.state.conflicts)
-    keys |= flagged_old ^ flagged_new
+    keys |= {Key(Kind(kind), name) for kind, name in flagged_old ^ flagged_new}
     if old.state.broken_files != new.state.broken_files:
         touched = old.state.broken_files ^ new.state.broken_files
-        for kind, objs in (("domain", new.state.domains), ("network", new.state.networks)):
-            keys |= {(kind, n) for n, d in objs.items() if d.file in touched}
+        for kind, objs in ((Kind.domain, new.state.domains), (Kind.network, new.state.networks)):
+            keys |= {Key(kind, n) for n, d in objs.items() if d.file in touched}
     return keys

@@ -90,3 +90,58 @@ class OverlayState:
     backing_present: bool
     build: BuildState
     recreate_on_change: bool = False
+    rooted: bool = True  # the base image has nvirtd's GC root (a base in use must never be collected)
+    actual_size: int = 0  # bytes on disk, and the size the guest sees (for the status)
+    virtual_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkLink:
+    """A declared network a domain's NIC needs, as libvirt has it now."""
+
+    name: str
+    active: bool
+    instance: str | None  # the nvirtd instance that owns it; None: not nvirtd's (or not there)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainObservation:
+    """Everything a domain's plan reads of the world, looked at in one pass."""
+
+    domain: ObservedDomain | None
+    overlays: tuple[OverlayState, ...] = ()
+    missing_paths: tuple[str, ...] = ()  # "file: field: path does not exist", for each one missing
+    networks: tuple[NetworkLink, ...] = ()  # looked at only when the domain is not running
+
+    @property
+    def owner(self) -> Owner | None:
+        return self.domain.owner if self.domain is not None else None
+
+    def networks_down(self, instance: str) -> tuple[str, ...]:
+        """Needed networks that are not up as this instance's network (yet)."""
+        return tuple(sorted({n.name for n in self.networks if not n.active or n.instance != instance}))
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkObservation:
+    network: ObservedNetwork | None
+    used_by: tuple[str, ...] = ()  # domains libvirt has whose NICs use it (looked at for a removal only)
+
+    @property
+    def owner(self) -> Owner | None:
+        return self.network.owner if self.network is not None else None
+
+
+class DomainEvent(StrEnum):
+    """libvirt's domain lifecycle events, as both hypervisor implementations name them."""
+
+    defined = "defined"
+    undefined = "undefined"
+    started = "started"
+    suspended = "suspended"
+    resumed = "resumed"
+    stopped = "stopped"
+    shutdown = "shutdown"
+    pmsuspended = "pmsuspended"
+    crashed = "crashed"
+    other = "other"  # one this libvirt knows and nvirtd does not: still a change

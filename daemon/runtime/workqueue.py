@@ -6,8 +6,8 @@ Guarantees:
 - a key added several times while it waits is handed out once;
 - a key is never handed to two workers at once; one re-added while it is being
   processed is handed out again after done();
-- add(key, delay) keeps the earliest due time;
-- failures back off per key, exponentially, capped; forget() resets.
+- add(key, delay) keeps the earliest due time (how long to wait after a failure is
+  the caller's business: core/backoff.py).
 The bookkeeping is a plain class driven by an injectable clock (KeyQueue), so
 its semantics are tested without sleeping; AsyncWorkQueue puts asyncio on top.
 """
@@ -25,16 +25,13 @@ Clock = Callable[[], float]
 
 
 class KeyQueue:
-    def __init__(self, *, clock: Clock = clock.monotonic, base_delay: float = 1.0, max_delay: float = 300.0) -> None:
+    def __init__(self, *, clock: Clock = clock.monotonic) -> None:
         self.clock = clock
-        self._base = base_delay
-        self._max = max_delay
         self._due: dict[Hashable, float] = {}  # waiting keys -> due time
         self._heap: list[tuple[float, int, Hashable]] = []
         self._seq = itertools.count()
         self._processing: set[Hashable] = set()
         self._dirty: dict[Hashable, float] = {}  # re-added while processing -> due time
-        self._failures: dict[Hashable, int] = {}
 
     def __len__(self) -> int:
         return len(self._due) + len(self._dirty)
@@ -85,19 +82,6 @@ class KeyQueue:
             due = self._dirty.pop(key)
             self.add(key, max(0.0, due - self.clock()))
 
-    def failed(self, key: Hashable, delay: float | None = None) -> float:
-        """Record a failure and requeue with backoff; returns the delay used."""
-        count = self._failures.get(key, 0)
-        self._failures[key] = count + 1
-        backoff = min(self._max, self._base * (2 ** count))
-        if delay is not None:
-            backoff = max(backoff, delay)
-        self.add(key, backoff)
-        return backoff
-
-    def forget(self, key: Hashable) -> None:
-        self._failures.pop(key, None)
-
 
 class AsyncWorkQueue:
     """KeyQueue plus waiting: get() sleeps until a key is due."""
@@ -114,14 +98,6 @@ class AsyncWorkQueue:
     def done(self, key: Hashable) -> None:
         self.keys.done(key)
         self._changed.set()
-
-    def failed(self, key: Hashable, delay: float | None = None) -> float:
-        result = self.keys.failed(key, delay)
-        self._changed.set()
-        return result
-
-    def forget(self, key: Hashable) -> None:
-        self.keys.forget(key)
 
     def close(self) -> None:
         self._closed = True

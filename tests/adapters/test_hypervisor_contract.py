@@ -18,9 +18,11 @@ import pytest
 
 from daemon.adapters.fake_hypervisor import FakeHypervisor
 from daemon.adapters.hypervisor import Hypervisor
+from daemon.adapters.hypervisor_protocol import (DefineDomain, Destroy, EventSink, MarkShutdown, SetAutostart, SetOwner,
+                                                 Start, Undefine)
 from daemon.core.domain_xml import RenderContext, render_domain
 from daemon.core.network_xml import render_network
-from daemon.core.observed import Power
+from daemon.core.observed import DomainEvent, Power
 from daemon.core.ownership import Owner, parse_owner
 from daemon.core.spec import Domain, Network, VirtType
 from daemon.errors import HypervisorError
@@ -76,7 +78,7 @@ class Outside:
 async def world(request, fresh_libvirt):
     hv = Hypervisor(TEST_URI) if request.param == "test-driver" else FakeHypervisor()
     events: list[tuple[str, str]] = []
-    hv.on_domain_event = lambda name, event: events.append((name, event))
+    hv.subscribe(EventSink(domain=lambda name, event: events.append((name, event))))
     await hv.connect()
     yield hv, Outside(hv, fresh_libvirt if request.param == "test-driver" else None), events
     await hv.close()
@@ -91,7 +93,7 @@ async def settle():
 async def test_define_records_the_owner_with_libvirts_fingerprint(world):
     hv, _, _ = world
     d = rendered()
-    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d)))])
+    await hv.apply("c1", [DefineDomain(d.xml, owner_of(d))])
     seen = await hv.observe_domain("c1")
     assert seen.owned and seen.persistent and seen.power == Power.shutoff and not seen.autostart
     assert seen.owner.instance == "contract" and seen.owner.spec_hash == d.spec_hash
@@ -102,11 +104,11 @@ async def test_define_records_the_owner_with_libvirts_fingerprint(world):
 async def test_the_running_instance_keeps_the_definition_it_started_with(world):
     hv, _, _ = world
     d1 = rendered()
-    await hv.apply("c1", [("define_domain", (d1.xml, owner_of(d1))), ("set_autostart", True), ("start", None)])
+    await hv.apply("c1", [DefineDomain(d1.xml, owner_of(d1)), SetAutostart(True), Start()])
     seen = await hv.observe_domain("c1")
     assert seen.power == Power.running and seen.autostart and seen.live_spec_hash == d1.spec_hash
     d2 = rendered(memory=256)
-    await hv.apply("c1", [("define_domain", (d2.xml, owner_of(d2))), ("start", None)])  # already running: done
+    await hv.apply("c1", [DefineDomain(d2.xml, owner_of(d2)), Start()])  # already running: done
     seen = await hv.observe_domain("c1")
     assert seen.owner.spec_hash == d2.spec_hash and seen.live_spec_hash == d1.spec_hash
     assert seen.owner.fingerprint == seen.fingerprint and seen.autostart
@@ -115,7 +117,7 @@ async def test_the_running_instance_keeps_the_definition_it_started_with(world):
 async def test_an_edit_behind_our_back_changes_the_fingerprint(world):
     hv, outside, _ = world
     d = rendered()
-    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d)))])
+    await hv.apply("c1", [DefineDomain(d.xml, owner_of(d))])
     outside.edit("c1")
     seen = await hv.observe_domain("c1")
     assert seen.owned and seen.owner.fingerprint != seen.fingerprint
@@ -124,15 +126,15 @@ async def test_an_edit_behind_our_back_changes_the_fingerprint(world):
 async def test_metadata_updates_change_neither_the_definition_nor_the_other_half(world):
     hv, _, _ = world
     d = rendered()
-    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d))), ("start", None)])
+    await hv.apply("c1", [DefineDomain(d.xml, owner_of(d)), Start()])
     before = await hv.observe_domain("c1")
-    await hv.apply("c1", [("set_owner", dataclasses.replace(before.owner, shutdown_timeout=600)),
-                          ("mark_shutdown", dataclasses.replace(before.live_owner, shutdown_started=1234.5))])
+    await hv.apply("c1", [SetOwner(dataclasses.replace(before.owner, shutdown_timeout=600)),
+                          MarkShutdown(dataclasses.replace(before.live_owner, shutdown_started=1234.5))])
     seen = await hv.observe_domain("c1")
     assert seen.owner.shutdown_timeout == 600 and seen.fingerprint == before.fingerprint
     assert seen.live_owner.shutdown_started == 1234.5 and seen.live_spec_hash == d.spec_hash
     assert seen.owner.shutdown_started is None
-    await hv.apply("c1", [("destroy", None)])
+    await hv.apply("c1", [Destroy()])
     seen = await hv.observe_domain("c1")
     assert seen.power == Power.shutoff and seen.live_owner is None and seen.owner.shutdown_timeout == 600
 
@@ -140,27 +142,27 @@ async def test_metadata_updates_change_neither_the_definition_nor_the_other_half
 async def test_undefining_a_running_domain_leaves_it_running_transient_until_it_stops(world):
     hv, _, _ = world
     d = rendered()
-    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d))), ("start", None)])
+    await hv.apply("c1", [DefineDomain(d.xml, owner_of(d)), Start()])
     await hv.observe_domain("c1")
-    await hv.apply("c1", [("undefine", None)])
+    await hv.apply("c1", [Undefine()])
     seen = await hv.observe_domain("c1")
     assert seen is not None and seen.power == Power.running and not seen.persistent and not seen.autostart
-    await hv.apply("c1", [("destroy", None)])
+    await hv.apply("c1", [Destroy()])
     assert await hv.observe_domain("c1") is None
     with pytest.raises(HypervisorError, match="changed since it was looked at"):
-        await hv.apply("c1", [("destroy", None)])  # no look, no change: not even to nothing
+        await hv.apply("c1", [Destroy()])  # no look, no change: not even to nothing
 
 
 async def test_changes_go_to_the_domain_looked_at_never_to_a_foreign_one_that_took_its_name(world):
     hv, outside, _ = world
     d = rendered()
-    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d)))])
+    await hv.apply("c1", [DefineDomain(d.xml, owner_of(d))])
     assert (await hv.observe_domain("c1")).owned
     outside.undefine("c1")
     outside.define_foreign("c1")
-    await hv.apply("c1", [("destroy", None), ("undefine", None)])  # ours is gone: done, and nothing else
+    await hv.apply("c1", [Destroy(), Undefine()])  # ours is gone: done, and nothing else
     with pytest.raises(HypervisorError):
-        await hv.apply("c1", [("start", None)])
+        await hv.apply("c1", [Start()])
     seen = await hv.observe_domain("c1")
     assert seen is not None and not seen.owned, "the foreign domain was undefined"
     assert seen.power == Power.shutoff
@@ -168,9 +170,9 @@ async def test_changes_go_to_the_domain_looked_at_never_to_a_foreign_one_that_to
 
 async def test_lifecycle_events_arrive_after_the_call_and_can_be_filtered(world):
     hv, outside, events = world
-    hv.event_filter = lambda name, event: event == "defined"  # an expectation
+    hv.events.drop = lambda name, event: event == DomainEvent.defined  # an expectation
     d = rendered()
-    await hv.apply("c1", [("define_domain", (d.xml, owner_of(d))), ("start", None)])
+    await hv.apply("c1", [DefineDomain(d.xml, owner_of(d)), Start()])
     await settle()
     mine = [e for n, e in events if n == "c1"]
     assert "defined" not in mine and "started" in mine
@@ -186,7 +188,7 @@ async def test_a_domain_name_cannot_be_defined_twice_with_two_uuids(world):
     outside.define_foreign("c2")
     d = rendered("c2")
     with pytest.raises(HypervisorError, match="already"):
-        await hv.apply("c2", [("define_domain", (d.xml, owner_of(d)))])
+        await hv.apply("c2", [DefineDomain(d.xml, owner_of(d))])
     assert not (await hv.observe_domain("c2")).owned
 
 

@@ -13,6 +13,7 @@ import libvirt
 import pytest
 
 from daemon.adapters.hypervisor import Hypervisor
+from daemon.adapters.hypervisor_protocol import Start, Undefine
 from daemon.core.observed import Power
 from daemon.errors import HypervisorError
 from tests.conftest import TEST_URI, domain, write_json
@@ -66,7 +67,7 @@ async def test_starting_a_domain_someone_else_just_started_is_not_an_error(adapt
     async with adapter_after(state="stopped") as hv:
         assert (await hv.observe_domain("web")).power == Power.shutoff
         fresh_libvirt.lookupByName("web").create()  # virsh start, between our look and our start
-        await hv.apply("web", [("start", None)])
+        await hv.apply("web", [Start()])
         assert fresh_libvirt.lookupByName("web").isActive() == 1
 
 
@@ -81,8 +82,8 @@ async def test_a_change_never_reaches_a_foreign_domain_that_took_the_name(adapte
         # between our look and our change, ours is undefined and someone else's defined as "web"
         fresh_libvirt.lookupByName("web").undefine()
         fresh_libvirt.defineXML(FOREIGN)
-        await hv.apply("web", [("undefine", None)])  # ours is gone: done
+        await hv.apply("web", [Undefine()])  # ours is gone: done
         with pytest.raises(HypervisorError):
-            await hv.apply("web", [("start", None)])  # ours is gone: look again
+            await hv.apply("web", [Start()])  # ours is gone: look again
         foreign = fresh_libvirt.lookupByName("web")
         assert foreign.UUIDString() == FOREIGN_UUID and foreign.isActive() == 0

@@ -12,8 +12,15 @@ import xml.etree.ElementTree as ET
 from daemon.core.network_xml import render_network, static_hosts
 from daemon.core.observed import ObservedNetwork
 from daemon.core.ownership import Owner
-from daemon.core.plan import Act, NetworkInputs, plan_network
+from daemon.core.network_plan import plan_network
+from daemon.core.observed import NetworkObservation
+from daemon.core.plan import Act
+from daemon.core.record import Now, Record, Wanted
 from daemon.core.spec import Network
+
+
+def net_inputs(d, obs):
+    return Wanted("lab", d, "n.json"), NetworkObservation(obs), Record(), Now(0, 0)
 
 
 def net(hosts=None, *, end="10.9.0.200", dns=None):
@@ -43,7 +50,7 @@ def kinds(plan):
 
 def test_a_changed_lease_is_updated_in_place():
     b = net({"52:54:00:00:00:01": "10.9.0.11", "52:54:00:00:00:02": "10.9.0.12"})
-    plan = plan_network(NetworkInputs(b, running(A)))
+    plan = plan_network(*net_inputs(b, running(A)))
     assert kinds(plan) == [Act.define, Act.update_hosts]
     updates = plan.actions[1].updates
     assert [c for c, _ in updates] == ["delete", "add", "add"]  # deletions first: libvirt refuses clashes
@@ -54,38 +61,38 @@ def test_a_changed_lease_is_updated_in_place():
 
 def test_the_first_dns_host_is_live_too():
     b = net({"52:54:00:00:00:01": "10.9.0.10"}, dns={"printer": "10.9.0.50"})
-    plan = plan_network(NetworkInputs(b, running(A)))
+    plan = plan_network(*net_inputs(b, running(A)))
     assert kinds(plan) == [Act.define, Act.update_hosts]
     assert [(c, h.section) for c, h in plan.actions[1].updates] == [("add", "dns-host")]
 
 
 def test_anything_else_restarts_and_reattaches():
     b = net({"52:54:00:00:00:01": "10.9.0.10"}, end="10.9.0.150")
-    assert kinds(plan_network(NetworkInputs(b, running(A)))) == [
+    assert kinds(plan_network(*net_inputs(b, running(A)))) == [
         Act.define, Act.destroy, Act.start, Act.reattach_nics]
 
 
 def test_after_an_update_in_place_nothing_more_happens():
     # defined as B, still running the definition it was started from (A's hash), serving B's hosts
     b = net({"52:54:00:00:00:01": "10.9.0.11"})
-    assert kinds(plan_network(NetworkInputs(b, running(A, hosts=b.hosts, defined=b)))) == []
+    assert kinds(plan_network(*net_inputs(b, running(A, hosts=b.hosts, defined=b)))) == []
 
 
 def test_hosts_changed_behind_our_back_are_put_back():
     # started from A, then someone ran virsh net-update ... delete ip-dhcp-host --live
-    plan = plan_network(NetworkInputs(A, running(A, hosts=frozenset())))
+    plan = plan_network(*net_inputs(A, running(A, hosts=frozenset())))
     assert kinds(plan) == [Act.update_hosts]
     assert [c for c, _ in plan.actions[0].updates] == ["add"]
     # and after an update in place, the same
     b = net({"52:54:00:00:00:01": "10.9.0.11"})
-    assert [c for c, _ in plan_network(NetworkInputs(b, running(A, hosts=frozenset(), defined=b))).actions[0].updates] == ["add"]
+    assert [c for c, _ in plan_network(*net_inputs(b, running(A, hosts=frozenset(), defined=b))).actions[0].updates] == ["add"]
 
 
 def test_a_network_started_before_restart_hashes_existed_restarts():
     b = net({"52:54:00:00:00:01": "10.9.0.11"})
     old = running(A)
     old = ObservedNetwork(**{**{f: getattr(old, f) for f in old.__dataclass_fields__}, "live_restart_hash": None})
-    assert Act.destroy in kinds(plan_network(NetworkInputs(b, old)))
+    assert Act.destroy in kinds(plan_network(*net_inputs(b, old)))
 
 
 def test_libvirts_attribute_order_does_not_matter():

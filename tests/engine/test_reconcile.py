@@ -74,7 +74,7 @@ async def test_daemon_restart_with_everything_running_makes_zero_mutations(two_v
     # stopping nvirtd stopped nothing
     assert state(fresh_libvirt, "web") == libvirt.VIR_DOMAIN_RUNNING
     second = await start_daemon(settings)
-    assert second.daemon.reconciler.passes >= 2
+    assert second.daemon.pipeline.passes >= 2
     assert second.hv.mutation_count == 0, second.hv.mutations
 
 

@@ -24,7 +24,7 @@ def clock():
 
 @pytest.fixture
 def q(clock):
-    return KeyQueue(clock=clock, base_delay=1.0, max_delay=8.0)
+    return KeyQueue(clock=clock)
 
 
 def drain(q):
@@ -61,26 +61,6 @@ def test_delay_keeps_earliest_due_time(q, clock):
     assert q.pop_ready() == "a"
 
 
-def test_failures_back_off_exponentially_capped_and_forget_resets(q, clock):
-    delays = []
-    for _ in range(6):
-        q.add("a")
-        assert q.pop_ready() == "a"
-        delays.append(q.failed("a"))
-        q.done("a")
-        clock.now += delays[-1]
-    assert delays == [1, 2, 4, 8, 8, 8]
-    q.forget("a")
-    assert q.pop_ready() == "a"
-    assert q.failed("a") == 1
-
-
-def test_failed_honours_a_longer_requested_delay(q):
-    q.add("a")
-    q.pop_ready()
-    assert q.failed("a", delay=30) == 30
-
-
 def test_readd_during_processing_keeps_requested_delay(q, clock):
     q.add("a")
     q.pop_ready()
@@ -100,7 +80,7 @@ def test_order_is_by_due_time(q, clock):
 
 
 async def test_async_get_wakes_on_add_and_on_due_time():
-    q = AsyncWorkQueue(base_delay=0.01)
+    q = AsyncWorkQueue()
     getter = asyncio.create_task(q.get())
     await asyncio.sleep(0.01)
     assert not getter.done()

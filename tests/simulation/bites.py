@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-from daemon.core import domain_xml, plan
+from daemon.core import domain_plan, domain_xml, plan
 
 from .__main__ import quiet
 from .schedule import generate
@@ -32,24 +33,25 @@ def patched(target: Any, name: str, value: Any) -> Iterator[None]:
 
 
 def _gate_without(check: str):
-    real = plan._gate
+    real = plan.gate
 
-    def gate(kind, desired, observed, *, conflict, held, held_phase, instance):
-        if desired is None and observed is not None and observed.owner is not None and check == "instance":
-            return real(kind, desired, observed, conflict=conflict, held=held, held_phase=held_phase,
-                        instance=observed.owner.owned_by)
-        if desired is None and observed is not None and observed.owner is None and check == "foreign":
-            return None if not (conflict or held) else real(kind, desired, observed, conflict=conflict, held=held,
-                                                            held_phase=held_phase, instance=instance)
-        return real(kind, desired, observed, conflict=conflict, held=held, held_phase=held_phase, instance=instance)
+    def gate(kind, wanted, observed, *, held_phase):
+        undeclared = wanted.obj is None and observed is not None
+        if undeclared and observed.owner is not None and check == "instance":
+            return real(kind, dataclasses.replace(wanted, instance=observed.owner.owned_by), observed,
+                        held_phase=held_phase)
+        if undeclared and observed.owner is None and check == "foreign":
+            return None if not (wanted.conflict or wanted.held) else real(kind, wanted, observed,
+                                                                           held_phase=held_phase)
+        return real(kind, wanted, observed, held_phase=held_phase)
     return gate
 
 
 DEFECTS = {
     "another instance's domain is removed (the ownership gate skips the instance)":
-        lambda: patched(plan, "_gate", _gate_without("instance")),
+        lambda: patched(domain_plan, "gate", _gate_without("instance")),
     "a foreign domain is removed (the ownership gate skips foreign objects)":
-        lambda: patched(plan, "_gate", _gate_without("foreign")),
+        lambda: patched(domain_plan, "gate", _gate_without("foreign")),
     "the spec hash is not stable (a restart with an unchanged config redefines)":
         lambda: patched(domain_xml, "spec_hash", lambda root, _c=iter(range(10**9)): f"{next(_c):032d}"),
 }

@@ -1,6 +1,6 @@
 """One schedule, run: the real daemon on the fake hypervisor, in virtual time.
 
-The daemon is the real one (config reader, merge, queue, workers, reconciler,
+The daemon is the real one (config reader, merge, queue, workers, pipeline,
 executor, status, connection handling); what it talks to is the in-memory
 hypervisor (held to libvirt by tests/adapters/test_hypervisor_contract.py) and a
 real config directory in a temporary folder. Each daemon "process" gets its own
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.adapters.fake_hypervisor import FakeHypervisor, _text
+from daemon.adapters.hypervisor_protocol import DefineDomain, Destroy, DomainOp, Shutdown
 from daemon.app import Daemon
 from daemon.core.domain_xml import RenderContext, render_domain
 from daemon.core.observed import Power
@@ -41,7 +42,6 @@ from .schedule import NAMES, VARIANTS, Step, file_text
 from .vloop import Deadlock, Livelock, VirtualClock, VirtualLoop
 
 INSTANCE = "default"
-STOPS = ("shutdown", "destroy")
 
 
 class Violation(AssertionError):
@@ -55,16 +55,17 @@ class SimHypervisor(FakeHypervisor):
         super().__init__()
         self.world = world
 
-    async def apply(self, name: str, ops: list[tuple[str, Any]]) -> None:
-        for kind, arg in ops:
-            if kind == "define_domain":
+    async def apply(self, name: str, ops: list[DomainOp]) -> None:
+        for op in ops:
+            kind = op.counter
+            if isinstance(op, DefineDomain):
                 existing = self._by_name(name)
                 if existing is not None:
                     self._check_ours(existing, kind)
             elif self._looked.get(name) in self.domains:
                 dom = self.domains[self._looked[name]]
                 self._check_ours(dom, kind)
-                if kind in STOPS and dom.power.active:
+                if isinstance(op, (Shutdown, Destroy)) and dom.power.active:
                     self.world.check_stop_allowed(name, kind)
         await super().apply(name, ops)
 
@@ -137,7 +138,7 @@ class World:
     async def _start(self) -> None:
         self.last_good = {}  # a new process knows no file's last good content (it is kept in memory)
         self.daemon = Daemon(self.settings, hypervisor=self.hv)
-        original = self.daemon.reader.read
+        original = self.daemon.config.reader.read
 
         def read() -> Any:  # remember what the daemon saw, for invariant 5
             now = {p.name: p.read_text() for p in self.config.glob("*.json")}
@@ -149,7 +150,7 @@ class World:
             # a broken file counts with its last good content and with what its text names
             self.read_texts = {**{f"{n}#raw": t for n, t in now.items()}, **self.last_good}
             return original()
-        self.daemon.reader.read = read  # type: ignore[method-assign]
+        self.daemon.config.reader.read = read  # type: ignore[method-assign]
         self.task = asyncio.ensure_future(self.daemon.run())
         await asyncio.sleep(0)
 

@@ -1,0 +1,251 @@
+"""plan_domain(wanted, observation, record, now) -> Plan: every decision about a domain.
+
+PURE: standard library only; table-tested in tests/core/test_plan.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import backoff
+from .backoff import Backoff
+from .domain_xml import RenderedDomain
+from .keys import network as network_key
+from .observed import BuildPhase, DomainObservation, ObservedDomain, Power
+from .plan import (MIN_WAIT, MISSING_PATH_RETRY, SHUTDOWN_RESEND_SECONDS, Act, Action, Condition, Phase, Plan,
+                   gate)
+from .record import Now, Record, ShutdownProgress, Wanted
+
+QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
+# what a missing disk file, share or kernel vetoes: never define or start on a path that is not there
+_CREATES = {Act.define, Act.start, Act.create_overlay, Act.recreate_overlay}
+
+
+def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now) -> Plan:
+    observed = obs.domain
+    ruled = gate("domain", wanted, observed, held_phase=_phase_of(observed))
+    if ruled is not None:
+        return ruled
+    shutdown = shutdown_in_effect(observed, record, now)
+    if wanted.obj is None:
+        return _plan_removal(observed, shutdown, now)
+    plan = _plan_desired(_Pass(wanted.obj, obs, shutdown, now, start_not_before(record), wanted.instance))
+    return _veto_missing_paths(plan, obs) if obs.missing_paths else plan
+
+
+def shutdown_in_effect(observed: ObservedDomain | None, record: Record, now: Now) -> ShutdownProgress | None:
+    """This process's record of a graceful shutdown, or the one a previous nvirtd began
+    (its start is in the running instance's metadata): a restart does not reset the clock."""
+    if observed is None or not observed.power.active:
+        return None
+    if record.shutdown is not None:
+        return record.shutdown
+    started = observed.live_owner.shutdown_started if observed.live_owner else None
+    if started is None:
+        return None
+    begun = now.mono - max(0.0, now.wall - started)
+    return ShutdownProgress(started_at=begun, last_sent_at=now.mono - SHUTDOWN_RESEND_SECONDS)
+
+
+def start_not_before(record: Record) -> float:
+    """First restart at once; after repeated quick deaths 5 s, 10 s, ... up to 5 min."""
+    starts = record.starts
+    return 0.0 if starts is None else starts.last + backoff.delay(Backoff.crash_loop, starts.count)
+
+
+def quick_death(record: Record, now: float) -> bool:
+    """Whether a start now follows the last one so soon that the guest must have died quickly."""
+    starts = record.starts
+    return starts is not None and now - starts.last < QUICK_DEATH + backoff.delay(Backoff.crash_loop, starts.count)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    desired: RenderedDomain
+    obs: DomainObservation
+    shutdown: ShutdownProgress | None
+    now: Now
+    start_not_before: float
+    instance: str
+
+    @property
+    def observed(self) -> ObservedDomain | None:
+        return self.obs.domain
+
+
+def _shutdown_steps(progress: ShutdownProgress | None, now: float, timeout: float
+                    ) -> tuple[tuple[Action, ...], float]:
+    """The next step of a graceful shutdown: (actions, requeue_after)."""
+    if progress is None:
+        return (Action(Act.mark_shutdown), Action(Act.shutdown)), min(SHUTDOWN_RESEND_SECONDS, max(timeout, 0.1))
+    elapsed = now - progress.started_at
+    # a deadline a rounding error away is reached: waiting 1e-13 s would never move a clock
+    if elapsed >= timeout - MIN_WAIT:
+        return (Action(Act.destroy),), 0.5
+    remaining = timeout - elapsed
+    since_sent = now - progress.last_sent_at
+    if since_sent >= SHUTDOWN_RESEND_SECONDS - MIN_WAIT:
+        return (Action(Act.shutdown),), max(MIN_WAIT, min(SHUTDOWN_RESEND_SECONDS, remaining))
+    return (), max(MIN_WAIT, min(SHUTDOWN_RESEND_SECONDS - since_sent, remaining))
+
+
+def _phase_of(observed: ObservedDomain | None) -> Phase:
+    if observed is None:
+        return Phase.pending
+    if observed.power == Power.running:
+        return Phase.running
+    return Phase.stopped if observed.power == Power.shutoff else Phase.defined
+
+
+def _plan_removal(observed: ObservedDomain | None, shutdown: ShutdownProgress | None, now: Now) -> Plan:
+    if observed is None:
+        return Plan(phase=Phase.removed)
+    wake = tuple(network_key(n) for n in sorted(set(observed.networks)))  # a network waiting for its users
+    if observed.power.active:  # the timeout of the last spec, recorded when it was defined
+        timeout = observed.owner.timeout if observed.owner is not None else 120
+        actions, after = _shutdown_steps(shutdown, now.mono, timeout)
+        return Plan(actions=actions, phase=Phase.stopping, requeue_after=after, shutdown=shutdown,
+                    message="removed from the config: shutting down before undefine")
+    if not observed.persistent:
+        return Plan(phase=Phase.removed, wake=wake)
+    return Plan(actions=(Action(Act.undefine),), phase=Phase.removed, wake=wake)
+
+
+def _veto_missing_paths(plan: Plan, obs: DomainObservation) -> Plan:
+    """Nothing that creates or starts the VM while a path it needs is missing; stopping it is fine."""
+    if not any(a.kind in _CREATES for a in plan.actions):
+        return plan
+    defined = obs.domain is not None and obs.domain.persistent
+    kept = tuple(a for a in plan.actions
+                 if a.kind not in _CREATES and (defined or a.kind != Act.set_autostart))
+    after = MISSING_PATH_RETRY if plan.requeue_after is None else min(plan.requeue_after, MISSING_PATH_RETRY)
+    return Plan(actions=kept, phase=Phase.error, conditions=plan.conditions, requeue_after=after,
+                message="; ".join(obs.missing_paths), shutdown=plan.shutdown)
+
+
+def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Phase | None, bool, float | None]:
+    """Image steps for nix disks: (actions, conditions, message, blocking phase, needs_stop, retry in)."""
+    retry: float | None = None
+    actions: list[Action] = []
+    conditions: set[Condition] = set()
+    message: str | None = None
+    blocked: Phase | None = None
+    needs_stop = False
+    now = p.now.mono
+    for ov in p.obs.overlays:
+        build = ov.build
+        if build.phase == BuildPhase.idle or (build.phase == BuildPhase.failed and (build.retry_at or 0) <= now):
+            actions.append(Action(Act.build_image, disk=ov.disk))
+        if ov.exists and ov.backing and ov.backing_present and not ov.rooted:
+            actions.append(Action(Act.root_image, disk=ov.disk, image=ov.backing))  # a base in use is never GC'd
+        usable = ov.exists and (ov.backing_present or (build.image is not None and build.image == ov.backing))
+        if usable:
+            if build.phase == BuildPhase.built and build.image != ov.backing:
+                if ov.recreate_on_change:
+                    needs_stop = True
+                    actions.append(Action(Act.recreate_overlay, disk=ov.disk, image=build.image))
+                else:
+                    conditions.add(Condition.image_outdated)
+                    message = (f"disk {ov.disk}: the configuration now builds {build.image}; the overlay stays on "
+                               f"{ov.backing} (set nix.onImageChange to recreate, or purge and recreate it)")
+            continue
+        if build.phase == BuildPhase.built:
+            if not ov.exists:
+                actions.append(Action(Act.create_overlay, disk=ov.disk, image=build.image))
+            elif ov.recreate_on_change:
+                needs_stop = True
+                actions.append(Action(Act.recreate_overlay, disk=ov.disk, image=build.image))
+            else:
+                blocked, message = Phase.error, (
+                    f"disk {ov.disk}: the overlay's base image {ov.backing} is gone and the configuration "
+                    f"now builds {build.image}; set nix.onImageChange to recreate (the old overlay is kept aside)")
+        elif build.phase == BuildPhase.failed:
+            blocked, message = Phase.error, f"disk {ov.disk}: image build failed: {build.error}"
+            if build.retry_at is not None and build.retry_at > now:
+                retry = build.retry_at - now if retry is None else min(retry, build.retry_at - now)
+        elif blocked is None:
+            blocked = Phase.building
+            message = f"disk {ov.disk}: building the image"
+    return actions, conditions, message, blocked, needs_stop, retry
+
+
+def _needs_define(desired: RenderedDomain, observed: ObservedDomain | None) -> bool:
+    return (observed is None or not observed.persistent or observed.owner is None
+            or observed.owner.spec_hash != desired.spec_hash
+            or observed.owner.fingerprint is None or observed.owner.fingerprint != observed.fingerprint)
+
+
+def _plan_desired(p: _Pass) -> Plan:
+    desired, observed, now = p.desired, p.observed, p.now.mono
+    spec = desired.spec
+    actions, conditions, message, blocked, needs_stop, retry = _plan_images(p)
+    active = observed is not None and observed.power.active
+    if blocked is not None:  # a running build requeues its domains when it ends; a failed one is retried
+        keep = tuple(a for a in actions if a.kind in (Act.build_image, Act.root_image))
+        return Plan(actions=keep, phase=blocked, conditions=frozenset(conditions), message=message,
+                    requeue_after=retry)
+
+    if needs_stop and active:
+        keep = tuple(a for a in actions if a.kind in (Act.build_image, Act.root_image))
+        steps, after = _shutdown_steps(p.shutdown, now, spec.shutdown_timeout)
+        return Plan(actions=keep + steps, phase=Phase.stopping, requeue_after=after, shutdown=p.shutdown,
+                    message="the image changed and nix.onImageChange is recreate: shutting down")
+
+    if _needs_define(desired, observed):
+        actions.append(Action(Act.define))
+    elif observed is not None and observed.owner is not None and observed.owner.timeout != spec.shutdown_timeout:
+        actions.append(Action(Act.set_owner))
+    # libvirt keeps autostart across a redefine; a new (or transient) domain has none
+    current_autostart = observed.autostart if observed is not None and observed.persistent else False
+    if current_autostart != desired.autostart:
+        actions.append(Action(Act.set_autostart, value=desired.autostart))
+
+    power = observed.power if observed is not None else Power.shutoff
+    if spec.state == "stopped":
+        if not power.active:
+            return Plan(actions=tuple(actions), phase=Phase.stopped, conditions=frozenset(conditions),
+                        message=message)
+        steps, requeue = _shutdown_steps(p.shutdown, now, spec.shutdown_timeout)
+        return Plan(actions=tuple(actions) + steps, phase=Phase.stopping, conditions=frozenset(conditions),
+                    requeue_after=requeue, message=message, shutdown=p.shutdown)
+    return _plan_running(p, actions, conditions, message, power)
+
+
+def _plan_running(p: _Pass, actions: list[Action], conditions: set[Condition], message: str | None,
+                  power: Power) -> Plan:
+    desired, observed, now = p.desired, p.observed, p.now.mono
+    phase, requeue, shutdown = Phase.running, None, None
+    if power == Power.crashed:
+        actions.append(Action(Act.destroy))
+        power = Power.shutoff
+    if power == Power.shutoff:
+        waiting = p.obs.networks_down(p.instance)
+        if waiting:
+            return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),
+                        requeue_after=1.0, message=f"waiting for network {', '.join(waiting)}")
+        if now < p.start_not_before:
+            conditions.add(Condition.crash_loop)
+            return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),
+                        requeue_after=p.start_not_before - now,
+                        message="the guest keeps stopping: next start after a back-off")
+        actions.append(Action(Act.start))
+    elif power == Power.starting:  # a start under way (ours, or one a killed nvirtd left): look again soon
+        phase, requeue = Phase.pending, 1.0
+    elif power == Power.paused:
+        conditions.add(Condition.paused)
+        phase = Phase.defined
+    elif power == Power.shutting_down:
+        phase, requeue = Phase.stopping, SHUTDOWN_RESEND_SECONDS
+    elif power == Power.running:
+        live = observed.live_spec_hash if observed is not None else None
+        if live is not None and live != desired.spec_hash:
+            if desired.spec.restart_on_change:
+                steps, requeue = _shutdown_steps(p.shutdown, now, desired.spec.shutdown_timeout)
+                actions.extend(steps)
+                phase, shutdown = Phase.stopping, p.shutdown
+                message = "definition changed and restartOnChange is set: restarting"
+            else:
+                conditions.add(Condition.restart_required)
+                message = message or "the new definition applies at the next boot (restartOnChange is false)"
+    return Plan(actions=tuple(actions), phase=phase, conditions=frozenset(conditions),
+                requeue_after=requeue, message=message, shutdown=shutdown)

@@ -1,0 +1,174 @@
+"""Domains as a kind of the pipeline: how to look at one, and how to carry out its plan.
+
+observe() gathers everything plan_domain reads (libvirt's domain, the overlays of its
+nix disks and their builds, which paths of the config exist, and, before a start,
+whether the networks it needs are up). execute() carries the actions out, facts
+only: image actions one at a time, each run of consecutive libvirt actions in one
+adapter call, through a typed mapping from action to operation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Collection
+from typing import Any
+
+import structlog
+
+from .adapters.hypervisor_protocol import (DefineDomain, Destroy, DomainOp, HypervisorLike, MarkShutdown,
+                                           SetAutostart, SetOwner, Shutdown, Start, Undefine)
+from .adapters.images import Images
+from .core import identity
+from .core.domain_plan import plan_domain
+from .core.domain_xml import RenderedDomain, console_log_path
+from .core.keys import Key, Kind
+from .core.observed import DomainEvent, DomainObservation, ObservedDomain, OverlayState
+from .core.ownership import Owner, parse_owner
+from .core.plan import Act, Action, Plan
+from .core.spec import DiskType
+from .runtime import clock
+from .runtime.expectations import Expectations
+
+log = structlog.get_logger("nvirtd.domains")
+
+# libvirt events a successful action causes: they confirm what we did, nothing more
+# (qemu emits RESUMED before STARTED on start)
+CONFIRMING_EVENTS = {Act.define: (DomainEvent.defined,), Act.start: (DomainEvent.resumed, DomainEvent.started)}
+_SIMPLE_OPS: dict[Act, Callable[[Action], DomainOp]] = {
+    Act.set_autostart: lambda a: SetAutostart(bool(a.value)), Act.start: lambda a: Start(),
+    Act.shutdown: lambda a: Shutdown(), Act.destroy: lambda a: Destroy(), Act.undefine: lambda a: Undefine(),
+}
+LIBVIRT_ACTS = frozenset(_SIMPLE_OPS) | {Act.define, Act.set_owner, Act.mark_shutdown}
+
+
+class DomainKind:
+    kind = Kind.domain
+    plan = staticmethod(plan_domain)
+
+    def __init__(self, hv: HypervisorLike, images: Images, expectations: Expectations, *, images_dir: str,
+                 state_dir: str, declared_networks: Callable[[], Collection[str]]) -> None:
+        self.hv = hv
+        self.images = images
+        self.expectations = expectations
+        self.images_dir = images_dir
+        self.state_dir = state_dir
+        self.declared_networks = declared_networks
+
+    # ---- observe --------------------------------------------------------------------
+    async def observe(self, name: str, desired: RenderedDomain | None) -> DomainObservation:
+        observed = await self.hv.observe_domain(name)
+        if desired is None:
+            return DomainObservation(observed)
+        networks = ()
+        if observed is None or not observed.power.active:  # only a start waits for them
+            declared = self.declared_networks()
+            needed = sorted({n.network for n in desired.spec.interfaces.values() if n.network in declared})
+            networks = tuple([await self.hv.network_link(n) for n in needed])
+        return DomainObservation(observed, overlays=await self._overlays(name, desired),
+                                 missing_paths=missing_paths(desired), networks=networks)
+
+    async def _overlays(self, name: str, desired: RenderedDomain) -> tuple[OverlayState, ...]:
+        states = []
+        for disk_name, disk in desired.spec.disks.items():
+            if disk.type != DiskType.nix:
+                continue
+            overlay = identity.overlay_path(self.images_dir, name, disk_name)
+            info = await self.images.inspect(overlay)
+            backing = info.backing if info else None
+            present = bool(backing) and os.path.exists(backing)  # type: ignore[arg-type]
+            states.append(OverlayState(
+                disk=disk_name, overlay=overlay, exists=info is not None, backing=backing, backing_present=present,
+                build=self.images.build_state(disk.path),
+                recreate_on_change=bool(disk.nix and disk.nix.on_image_change == "recreate"),
+                rooted=not present or self.images.is_rooted(backing),  # type: ignore[arg-type]
+                actual_size=info.actual_size if info else 0, virtual_size=info.virtual_size if info else 0,
+            ))
+        return tuple(states)
+
+    # ---- execute --------------------------------------------------------------------
+    async def execute(self, name: str, desired: RenderedDomain | None, obs: DomainObservation, plan: Plan,
+                      done: list[Action]) -> dict[str, dict[str, Any]]:
+        """Carry out the plan, appending each action to `done` once it is; returns the disks' report."""
+        key, actions, i = Key(Kind.domain, name), plan.actions, 0
+        while i < len(actions):
+            batch = [actions[i]]
+            if actions[i].kind in LIBVIRT_ACTS:
+                while i + len(batch) < len(actions) and actions[i + len(batch)].kind in LIBVIRT_ACTS:
+                    batch.append(actions[i + len(batch)])
+            events = [e for a in batch for e in CONFIRMING_EVENTS.get(a.kind, ())]
+            self.expectations.expect(key, *events)
+            try:
+                if batch[0].kind in LIBVIRT_ACTS:
+                    await self.hv.apply(name, [self._op(name, a, desired, obs.domain) for a in batch])
+                else:
+                    await self._image(name, batch[0], desired)
+            except BaseException:
+                self.expectations.forget(key, *events)
+                raise
+            for action in batch:
+                log.info(f"domain_{action.kind.value.replace('-', '_')}", domain=name,
+                         **({"disk": action.disk} if action.disk else {}))
+                done.append(action)
+            i += len(batch)
+        overlays = obs.overlays
+        if desired is not None and any(a.kind in (Act.create_overlay, Act.recreate_overlay) for a in done):
+            overlays = await self._overlays(name, desired)
+        return {ov.disk: {"overlay": ov.overlay, "backing": ov.backing, "actual_size": ov.actual_size,
+                          "virtual_size": ov.virtual_size} for ov in overlays if ov.exists}
+
+    def _op(self, name: str, action: Action, desired: RenderedDomain | None,
+            observed: ObservedDomain | None) -> DomainOp:
+        simple = _SIMPLE_OPS.get(action.kind)
+        if simple is not None:
+            return simple(action)
+        if action.kind == Act.mark_shutdown:
+            assert observed is not None
+            # never the persistent owner: its spec hash would hide that the guest runs an older definition
+            live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
+            return MarkShutdown(dataclasses.replace(live, shutdown_started=clock.wall()))
+        assert desired is not None
+        owner = parse_owner(desired.tree)
+        assert owner is not None
+        if action.kind == Act.set_owner:
+            assert observed is not None and observed.owner is not None
+            return SetOwner(dataclasses.replace(observed.owner, instance=owner.instance,
+                                                shutdown_timeout=owner.shutdown_timeout))
+        if desired.spec.console_log:  # virtlogd writes it, into a directory that must exist
+            os.makedirs(os.path.dirname(console_log_path(self.state_dir, name)), exist_ok=True)
+        return DefineDomain(desired.xml, owner)
+
+    async def _image(self, name: str, action: Action, desired: RenderedDomain | None) -> None:
+        assert desired is not None and action.disk is not None
+        disk = desired.spec.disks[action.disk]
+        if action.kind == Act.build_image:
+            self.images.request_build(disk.path)
+            return
+        assert action.image is not None
+        if action.kind == Act.root_image:
+            await self.images.ensure_root(action.image)
+            return
+        overlay = identity.overlay_path(self.images_dir, name, action.disk)
+        if action.kind == Act.recreate_overlay:
+            self.images.move_aside(overlay, domain=name, disk=action.disk)
+        size = disk.nix.size_bytes if disk.nix else None
+        await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
+
+
+def missing_paths(desired: RenderedDomain) -> tuple[str, ...]:
+    """Each path the config names that is not there, as "file: field: what"."""
+    where = f"{desired.source_file}: domains.{desired.name}"
+    problems = []
+    for disk_name, disk in desired.spec.disks.items():
+        if disk.type in (DiskType.file, DiskType.block, DiskType.dir) and not os.path.exists(disk.path):
+            problems.append(f"{where}.disks.{disk_name}.path: {disk.path} does not exist")
+    for tag, share in desired.spec.shares.items():
+        if not os.path.isdir(share.path):
+            problems.append(f"{where}.shares.{tag}.path: {share.path} is not a directory")
+    boot = desired.spec.boot
+    if boot is not None:
+        for field_name in ("kernel", "initrd"):
+            path = getattr(boot, field_name)
+            if path and not os.path.exists(path):
+                problems.append(f"{where}.boot.{field_name}: {path} does not exist")
+    return tuple(problems)

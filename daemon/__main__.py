@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
                      help="image build command, {path} is the NixOS configuration (default: %s)"
                           % shlex.join(d.build_command))
     run.add_argument("--build-jobs", type=_positive_int, default=d.build_jobs)
+    run.add_argument("--build-timeout", type=_positive_float, default=d.build_timeout, metavar="SECONDS",
+                     help="stop a nix build that runs longer, and retry it with backoff (default: %(default)gs)")
     run.add_argument("--resync-interval", type=_positive_float, default=d.resync_interval, metavar="SECONDS")
     run.add_argument("--no-watch", action="store_true", help="do not watch the directory (reload on SIGHUP only)")
     run.add_argument("--no-trust-checks", action="store_true",

@@ -59,7 +59,8 @@ class Daemon:
         self.status.on_dirty = self._status_dirty.set
         self.config = ConfigStore(settings, self.status)
         self.images = Images(state_dir=settings.state_dir, build_command=settings.build_command,
-                             jobs=settings.build_jobs, on_built=self._build_finished, build_env=build_env)
+                             jobs=settings.build_jobs, on_built=self._build_finished, build_env=build_env,
+                             build_timeout=settings.build_timeout)
         self.notifier = Notifier()
         self.link = LibvirtLink(self.hv, self.status, self.notifier, on_connected=self._connected)
         self.expectations = Expectations()

@@ -46,6 +46,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         virt_type=VirtType(getattr(args, "virt_type", d.virt_type.value)), workers=getattr(args, "workers", d.workers),
         build_command=tuple(shlex.split(args.build_command)) if getattr(args, "build_command", None) else d.build_command,
         build_jobs=getattr(args, "build_jobs", d.build_jobs),
+        build_timeout=getattr(args, "build_timeout", d.build_timeout),
         resync_interval=getattr(args, "resync_interval", d.resync_interval),
         watch=not getattr(args, "no_watch", False),
         trust_checks=not getattr(args, "no_trust_checks", False),

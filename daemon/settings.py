@@ -20,6 +20,7 @@ class Settings:
     connections: int = 4  # libvirt connections for calls (libvirtd serves 5 requests per connection at once)
     build_command: tuple[str, ...] = DEFAULT_BUILD_COMMAND
     build_jobs: int = 2
+    build_timeout: float = 4 * 3600.0  # a nix build running longer is stopped and retried with backoff
     resync_interval: float = 600.0
     watch: bool = True
     debounce: float = 0.2

@@ -15,6 +15,7 @@ Data safety rules kept here:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -35,7 +36,15 @@ from ..runtime.atomicfile import atomic_write
 from . import proc
 
 log = structlog.get_logger("nvirtd.images")
-STORE_PATH = re.compile(r"^(/nix/store/[0-9a-z]{32}-[^/\s]+)(/\S*)?$")
+NIX_STORE = "/nix/store"
+
+
+@functools.lru_cache(maxsize=4)
+def store_pattern(store_dir: str = NIX_STORE) -> re.Pattern[str]:
+    """A path in the nix store (nix's NIX_STORE_DIR; the simulation keeps one in a temp dir)."""
+    return re.compile(rf"^({re.escape(store_dir)}/[0-9a-z]{{32}}-[^/\s]+)(/\S*)?$")
+
+
 DEFAULT_BUILD_COMMAND = ("nixos-generate", "-f", "qcow", "-c", "{path}")
 
 
@@ -61,19 +70,19 @@ async def image_info(path: str) -> ImageInfo:
     )
 
 
-def store_root(image: str) -> str:
+def store_root(image: str, store_dir: str = NIX_STORE) -> str:
     """/nix/store/HASH-name/nixos.qcow2 -> /nix/store/HASH-name."""
-    match = STORE_PATH.match(image)
+    match = store_pattern(store_dir).match(image)
     if not match:
         raise ValueError(f"{image} is not in the nix store")
     return match.group(1)
 
 
-def parse_build_output(stdout: str) -> str:
+def parse_build_output(stdout: str, store_dir: str = NIX_STORE) -> str:
     """The store path the builder printed last (its result), not a guess."""
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
-        if STORE_PATH.match(line):
+        if store_pattern(store_dir).match(line):
             return line
     raise PermanentError(f"the build printed no /nix/store path; its output ended with: {stdout.strip()[-300:]!r}")
 
@@ -91,13 +100,17 @@ def find_image(result: str) -> str:
 class Images:
     def __init__(self, *, state_dir: str, build_command: tuple[str, ...] = DEFAULT_BUILD_COMMAND, jobs: int = 2,
                  on_built: Callable[[str], None] = lambda path: None, retry_delay: float | None = None,
-                 build_env: dict[str, str] | None = None) -> None:
+                 build_env: dict[str, str] | None = None, store_dir: str | None = None,
+                 build_timeout: float | None = None) -> None:
         self.roots_dir = Path(state_dir) / "gcroots"
         self.registry_path = Path(state_dir) / "overlays.json"
         self.build_command = tuple(build_command)
         self.on_built = on_built
         self.retry_delay = retry_delay  # the first retry's wait (core/backoff.py's build row if None)
         self.build_env = build_env
+        self.build_timeout = build_timeout  # a build that never ends is a failure, retried with backoff
+        self.store_dir = store_dir or os.environ.get("NIX_STORE_DIR") or NIX_STORE
+        self._store = store_pattern(self.store_dir)
         self._jobs = asyncio.Semaphore(jobs)
         self._builds: dict[str, BuildState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -135,8 +148,11 @@ class Images:
         try:
             async with self._jobs:
                 log.info("image_build_started", config=path, argv=argv)
-                result = await proc.run(argv, env=self.build_env, config=path)
-                image = find_image(parse_build_output(result.stdout))
+                try:
+                    result = await proc.run(argv, env=self.build_env, config=path, timeout=self.build_timeout)
+                except TimeoutError:
+                    raise PermanentError(f"the build did not finish within {self.build_timeout:g}s") from None
+                image = find_image(parse_build_output(result.stdout, self.store_dir))
                 await self.ensure_root(image)
             self._builds[path] = BuildState(BuildPhase.built, image=image)
             self._failures.pop(path, None)
@@ -156,15 +172,15 @@ class Images:
     # ---- GC roots -------------------------------------------------------------------
     def is_rooted(self, image: str) -> bool:
         """Whether the store path holding `image` has nvirtd's GC root (no I/O beyond a stat)."""
-        if not STORE_PATH.match(image):
+        if not self._store.match(image):
             return True  # not a store path: nothing would collect it
-        store = store_root(image)
+        store = store_root(image, self.store_dir)
         link = self.roots_dir / gc_root_name(store)
         return link.is_symlink() and os.readlink(link) == store and os.path.exists(store)
 
     async def ensure_root(self, image: str) -> Path:
         """An indirect GC root for the store path holding `image` (idempotent)."""
-        store = store_root(image)
+        store = store_root(image, self.store_dir)
         link = self.roots_dir / gc_root_name(store)
         if self.is_rooted(image):
             return link
@@ -175,9 +191,9 @@ class Images:
 
     async def prune_roots(self, keep_images: set[str]) -> list[str]:
         """Drop roots of store paths that no recorded overlay and no current build uses."""
-        keep = {store_root(i) for i in keep_images if STORE_PATH.match(i)}
-        keep |= {store_root(o["backing"]) for o in self.registry().values()
-                 if o.get("backing") and STORE_PATH.match(o["backing"]) and os.path.exists(o["overlay"])}
+        keep = {store_root(i, self.store_dir) for i in keep_images if self._store.match(i)}
+        keep |= {store_root(o["backing"], self.store_dir) for o in self.registry().values()
+                 if o.get("backing") and self._store.match(o["backing"]) and os.path.exists(o["overlay"])}
         removed = []
         if self.roots_dir.is_dir():
             for link in self.roots_dir.iterdir():

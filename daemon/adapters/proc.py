@@ -7,7 +7,9 @@ code and the tail of the combined output, which is what the user needs to see.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from dataclasses import dataclass
 
 import structlog
@@ -34,13 +36,16 @@ async def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | 
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=full_env, cwd=cwd,
+            start_new_session=True,  # its own process group: a timeout stops its children too
         )
     except FileNotFoundError:
         raise PermanentError(f"{argv[0]}: command not found (install it, or fix PATH)") from None
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError):
-        proc.kill()
+        # the whole group: a child that kept the output pipes open would keep us waiting
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         raise
     stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")

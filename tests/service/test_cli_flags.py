@@ -53,6 +53,8 @@ ROWS = [
     (RUN + STATE + ("--no-watch",), 0, "web", "running"),
     (RUN + STATE + ("--no-trust-checks",), 0, "web", "running"),
     (RUN + STATE + ("--build-command", "false {{path}}"), 1, "image build failed", "nix"),
+    (RUN + STATE + ("--build-command", "sh -c 'sleep 30' {{path}}", "--build-timeout", "0.5"), 1,
+     "did not finish within 0.5s", "nix"),
     # check, schema, reference
     (("check", "{config}"), 0, "OK (1 files, 1 domains, 0 networks)", "stdout"),
     (("check", "{config}", "--no-trust-checks"), 0, "OK (1 files", "stdout"),

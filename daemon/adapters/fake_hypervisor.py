@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.observed import DomainEvent, ObservedDomain, Power
 from ..core.ownership import Owner, fingerprint, owner_element, parse_owner
@@ -100,7 +101,11 @@ class FakeHypervisor(FakeNetworkOps):
     def _emit(self, name: str, event: DomainEvent) -> None:
         if self.events.drop(name, event) or not self.connected or self._loop is None or self._loop.is_closed():
             return
-        self._loop.call_soon(self._deliver, name, event)
+        self.deliver_later(self._loop, self._deliver, name, event)
+
+    def deliver_later(self, loop: asyncio.AbstractEventLoop, deliver: Any, name: str, event: DomainEvent) -> None:
+        """How an event travels to the daemon: at once, after the call (a simulation makes it flaky)."""
+        loop.call_soon(deliver, name, event)
 
     def _deliver(self, name: str, event: DomainEvent) -> None:
         if self.known is not None:

@@ -128,10 +128,12 @@ class Images:
         self._tasks[path] = asyncio.create_task(self._build(path), name=f"build {path}")
 
     def invalidate(self, paths: set[str] | None = None) -> None:
-        """Forget finished builds so the next reconcile re-evaluates them (reload)."""
+        """Forget finished builds so the next reconcile re-evaluates them (reload); a failed one
+        is tried again at once, its backoff started afresh (a reload is the user's "try now")."""
         for path in list(self._builds):
             if (paths is None or path in paths) and path not in self._tasks:
                 del self._builds[path]
+                self._failures.pop(path, None)
 
     @property
     def building(self) -> int:

@@ -15,7 +15,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from daemon.adapters.images import Images
+from daemon.configstore import ConfigStore
 from daemon.core import domain_plan, domain_xml, plan
+from daemon.domain_kind import DomainKind
+from daemon.runtime.expectations import Expectations
 
 from .__main__ import quiet
 from .schedule import generate
@@ -47,6 +51,38 @@ def _gate_without(check: str):
     return gate
 
 
+async def _no_root(self, image):
+    return None
+
+
+def _recreate_by_default():
+    real = DomainKind._overlays
+
+    async def overlays(self, name, desired):
+        return tuple(dataclasses.replace(o, recreate_on_change=True) for o in await real(self, name, desired))
+    return patched(DomainKind, "_overlays", overlays)
+
+
+def _ignore_broken_files():
+    real = ConfigStore.wanted
+
+    def wanted(self, key, obj, owner_file):
+        saved, self._may_declare = self._may_declare, lambda name: None
+        try:
+            return real(self, key, obj, owner_file)
+        finally:
+            self._may_declare = saved
+    return patched(ConfigStore, "wanted", wanted)
+
+
+@contextlib.contextmanager
+def _both(*patches: Any) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        yield
+
+
 DEFECTS = {
     "another instance's domain is removed (the ownership gate skips the instance)":
         lambda: patched(domain_plan, "gate", _gate_without("instance")),
@@ -54,7 +90,20 @@ DEFECTS = {
         lambda: patched(domain_plan, "gate", _gate_without("foreign")),
     "the spec hash is not stable (a restart with an unchanged config redefines)":
         lambda: patched(domain_xml, "spec_hash", lambda root, _c=iter(range(10**9)): f"{next(_c):032d}"),
+    "a base image is not GC-rooted (garbage collection takes an overlay's base)":
+        lambda: _both(patched(Images, "ensure_root", _no_root), patched(Images, "is_rooted", lambda self, i: True)),
+    "an overlay is recreated on every image change (onImageChange ignored)": _recreate_by_default,
+    "a removal ignores a broken file that may declare the name": _ignore_broken_files,
+    "expected events never expire (a later real change is swallowed)":
+        lambda: patched(Expectations, "__init__", _expect_forever),
 }
+
+
+def _expect_forever(self, *, clock=None, ttl=30.0):
+    _real_init(self, ttl=float("inf"), **({"clock": clock} if clock else {}))
+
+
+_real_init = Expectations.__init__
 
 
 def schedules_to_find(defect: str, limit: int) -> int | None:

@@ -3,10 +3,12 @@
 A schedule is generated from its seed once, before it runs; every random choice
 is in the steps themselves, so a schedule (or any part of it, when shrinking)
 replays exactly. Steps: config edits (add, change, remove, move a name to another
-file, break a file, declare a name twice), reloads, what an administrator does with
-virsh, foreign objects and another nvirtd instance taking a name, guests that
-ignore ACPI, connection loss, libvirtd down for a while, calls that fail, and
-daemon restarts by SIGTERM and by kill -9.
+file, break a file, declare a name twice), reloads and SIGHUP storms, what an
+administrator does with virsh, foreign objects and another nvirtd instance taking a
+name, guests that ignore ACPI, connection loss, libvirtd down for a while, calls that
+fail, events duplicated, delayed or reordered, a full state disk, nix images that
+change, builds that fail, finish late or hang, overlay creation failing half-way,
+garbage collection of the nix store, and daemon restarts by SIGTERM and by kill -9.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ VARIANTS = (
     {"memory": {"amount": 128, "unit": "MiB"}, "state": "stopped"},
     {"memory": {"amount": 192, "unit": "MiB"}, "restartOnChange": True, "shutdownTimeout": 30},
     {"memory": {"amount": 128, "unit": "MiB"}, "shutdownTimeout": 45, "cpu": {"amount": 2}},
+    # nix disks: an overlay on a NixOS image built from {nix}/vm.nix (kept, or recreated on a new image)
+    {"memory": {"amount": 128, "unit": "MiB"}, "disks": {"root": {"type": "nix", "path": "{nix}/vm.nix"}}},
+    {"memory": {"amount": 128, "unit": "MiB"}, "shutdownTimeout": 20,
+     "disks": {"root": {"type": "nix", "path": "{nix}/vm.nix", "nix": {"onImageChange": "recreate"}}}},
 )
+BUILD_MODES = ("ok", "fail", "late", "hang")
+EVENT_MODES = ("normal", "duplicate", "delay", "reorder")
 FAULT_OPS = ("define_domain", "start", "shutdown", "destroy", "undefine", "set_autostart", "observe_domain",
              "list_domains", "mark_shutdown")
 
@@ -40,43 +48,44 @@ class Step:
         return f"{self.kind}({args}) +{self.wait:g}s"
 
 
-def file_text(domains: tuple[tuple[str, int], ...]) -> str:
-    return json.dumps({"domains": {name: VARIANTS[v] for name, v in domains}})
+def variant(v: int, nix_dir: str) -> dict:
+    return json.loads(json.dumps(VARIANTS[v]).replace("{nix}", nix_dir))
+
+
+def file_text(domains: tuple[tuple[str, int], ...], nix_dir: str) -> str:
+    return json.dumps({"domains": {name: variant(v, nix_dir) for name, v in domains}})
+
+
+def _steps(rng: random.Random) -> list[tuple[float, object]]:
+    """(weight, make the step's args) per kind of step."""
+    one = lambda *choices: lambda: (rng.choice(choices),)  # noqa: E731
+    return [
+        (26, ("write", lambda: (rng.choice(FILES), tuple((n, rng.randrange(len(VARIANTS)))
+                                                         for n in rng.sample(NAMES, rng.randint(0, 3)))))),
+        (5, ("break", one(*FILES))), (5, ("delete", one(*FILES))),
+        (11, ("reload", lambda: (rng.random() < 0.5,))), (2, ("hup_storm", lambda: ())),
+        (9, (None, lambda: (rng.choice(("oob_destroy", "oob_undefine", "oob_start", "oob_edit")),
+                            (rng.choice(NAMES),)))),
+        (4, (None, lambda: (rng.choice(("foreign", "other_instance")), (rng.choice(NAMES),)))),
+        (3, ("deaf", one(*NAMES))), (5, ("drop", lambda: ())), (3, ("libvirtd_down", one(1.0, 5.0, 40.0))),
+        (4, ("fault", one(*FAULT_OPS))), (3, ("events", one(*EVENT_MODES))), (2, ("disk_full", one(2.0, 30.0))),
+        (2, ("nix_edit", lambda: ())), (2, ("gc", lambda: ())), (2, ("create_fails", lambda: ())),
+        (3, ("build_mode", one(*BUILD_MODES))), (5, ("restart", lambda: ())), (4, ("kill", lambda: ())),
+    ]
 
 
 def generate(seed: int, *, length: int | None = None) -> list[Step]:
     rng = random.Random(seed)
+    table = _steps(rng)
+    weights = [w for w, _ in table]
     steps: list[Step] = []
     for _ in range(length or rng.randint(4, 24)):
-        roll = rng.random()
+        kind, make = rng.choices([k for _, k in table], weights)[0]
         wait = rng.choice((0.0, 0.0, 0.05, 0.5, 2.0, 6.0, 30.0, 130.0))
-        if roll < 0.30:
-            picked = rng.sample(NAMES, rng.randint(0, 3))
-            steps.append(Step("write", (rng.choice(FILES), tuple((n, rng.randrange(len(VARIANTS))) for n in picked)),
-                              wait))
-        elif roll < 0.36:
-            steps.append(Step("break", (rng.choice(FILES),), wait))
-        elif roll < 0.42:
-            steps.append(Step("delete", (rng.choice(FILES),), wait))
-        elif roll < 0.55:
-            steps.append(Step("reload", (rng.random() < 0.5,), wait))
-        elif roll < 0.65:
-            steps.append(Step(rng.choice(("oob_destroy", "oob_undefine", "oob_start", "oob_edit")),
-                              (rng.choice(NAMES),), wait))
-        elif roll < 0.69:
-            steps.append(Step(rng.choice(("foreign", "other_instance")), (rng.choice(NAMES),), wait))
-        elif roll < 0.72:
-            steps.append(Step("deaf", (rng.choice(NAMES),), wait))
-        elif roll < 0.78:
-            steps.append(Step("drop", (), wait))
-        elif roll < 0.82:
-            steps.append(Step("libvirtd_down", (rng.choice((1.0, 5.0, 40.0)),), wait))
-        elif roll < 0.90:
-            steps.append(Step("fault", (rng.choice(FAULT_OPS),), wait))
-        elif roll < 0.95:
-            steps.append(Step("restart", (), wait))
-        else:
-            steps.append(Step("kill", (), wait))
+        made = make()  # type: ignore[operator]
+        if kind is None:  # the kind itself was chosen with its args
+            kind, made = made
+        steps.append(Step(kind, made, wait))
     # the quiet end: a clean config (its names chosen by the seed) to converge to
     final = tuple((n, rng.randrange(len(VARIANTS))) for n in rng.sample(NAMES, rng.randint(0, len(NAMES))))
     steps.append(Step("final", (final,), 0.0))

@@ -29,7 +29,9 @@ def test_two_thousand_schedules_hold_every_invariant():
 
 @pytest.mark.parametrize("defect", list(DEFECTS))
 def test_the_simulator_finds_a_reintroduced_defect(defect):
-    assert schedules_to_find(defect, 400) is not None
+    # a swallowed event is repaired by the safety resync unless the schedule is unlucky: rarer
+    limit = 2000 if "never expire" in defect else 400
+    assert schedules_to_find(defect, limit) is not None
 
 
 def test_a_seed_replays_exactly():

@@ -28,27 +28,28 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from daemon.adapters.fake_hypervisor import FakeHypervisor, _text
+from daemon import declared, status
+from daemon.adapters import images, proc
+from daemon.adapters.fake_hypervisor import FakeHypervisor
 from daemon.adapters.hypervisor_protocol import DefineDomain, Destroy, DomainOp, Shutdown
 from daemon.app import Daemon
 from daemon.core.domain_xml import RenderContext, render_domain
 from daemon.core.observed import Power
-from daemon.core.ownership import Owner
 from daemon.core.spec import Domain, VirtType
-from daemon.errors import HypervisorError
 from daemon.settings import Settings
 
-from .schedule import NAMES, VARIANTS, Step, file_text
+from .fake_tools import BUILD, FakeTools
+from .overlays import OverlayWatch
+from .schedule import NAMES, Step, file_text, variant
+from .steps import INSTANCE, EventFaults, FaultSteps
 from .vloop import Deadlock, Livelock, VirtualClock, VirtualLoop
-
-INSTANCE = "default"
 
 
 class Violation(AssertionError):
     pass
 
 
-class SimHypervisor(FakeHypervisor):
+class SimHypervisor(EventFaults, FakeHypervisor):
     """The fake, checking every call the daemon makes against invariants 1 and 5."""
 
     def __init__(self, world: "World") -> None:
@@ -76,7 +77,7 @@ class SimHypervisor(FakeHypervisor):
             self.world.violate(f"invariant 1: {kind} on {who} {dom.name!r}")
 
 
-class World:
+class World(FaultSteps):
     def __init__(self, steps: list[Step], *, trace: bool = False) -> None:
         self.steps = steps
         self.trace: list[str] = []
@@ -88,7 +89,16 @@ class World:
         self.config.mkdir()
         self.settings = Settings(uri="fake:///", config_dir=str(self.config), state_dir=str(self.root / "state"),
                                  images_dir=str(self.root / "images"), workers=4, watch=False, trust_checks=False,
-                                 resync_interval=600.0, virt_type=VirtType.kvm)
+                                 resync_interval=600.0, virt_type=VirtType.kvm, build_command=(BUILD, "{path}"),
+                                 build_timeout=100.0)
+        self.nix_dir = self.root / "nix"
+        self.nix_dir.mkdir()
+        (self.nix_dir / "vm.nix").write_text("{ ... }: { services.sshd.enable = true; }\n")
+        self.store = self.root / "store"
+        self.store.mkdir()
+        self.tools = FakeTools(self.store, self.root / "state" / "gcroots")
+        self.overlays = OverlayWatch(self.root / "images", self.violate)
+        self.disk_full_until = -1.0
         self.read_texts: dict[str, str] = {}  # the config as the daemon last read it
         self.violation: str | None = None  # the first one seen inside a call
         self.last_good: dict[str, str] = {}  # per file, its last content that parsed
@@ -99,11 +109,24 @@ class World:
     # ---- running ------------------------------------------------------------------------
     def run(self) -> None:
         self.vclock.install()
+        patches = [(proc, "run", self.tools.run)] + [
+            (module, "atomic_write", self.full_disk_write(module.atomic_write)) for module in (status, declared, images)]
+        saved = [(m, n, getattr(m, n)) for m, n, _ in patches]
+        store_env = os.environ.get("NIX_STORE_DIR")
+        os.environ["NIX_STORE_DIR"] = str(self.store)
         try:
+            for module, name, value in patches:
+                setattr(module, name, value)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a killed daemon's loop is dropped with its tasks
                 self._run()
         finally:
+            for module, name, value in saved:
+                setattr(module, name, value)
+            if store_env is None:
+                os.environ.pop("NIX_STORE_DIR", None)
+            else:
+                os.environ["NIX_STORE_DIR"] = store_env
             self.vclock.uninstall()
             if self.loop is not None and not self.loop.is_closed():
                 self.loop.close()
@@ -155,6 +178,7 @@ class World:
         await asyncio.sleep(0)
 
     def _check_alive(self) -> None:
+        self.overlays.check(self.read_texts)
         if self.violation is not None:
             raise Violation(self.violation)
         if self.daemon is not None and self.daemon.fatal is not None:
@@ -195,79 +219,6 @@ class World:
         await asyncio.sleep(step.wait)
         self._check_alive()
 
-    def _write(self, name: str, text: str) -> None:
-        tmp = self.config / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.config / name)  # as an editor saves
-
-    def _do_write(self, file: str, domains: tuple) -> None:
-        self._write(file, file_text(tuple(domains)))
-
-    def _do_break(self, file: str) -> None:
-        self._write(file, '{"domains": {"d0": ')
-
-    def _do_delete(self, file: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.config / file)
-
-    def _do_reload(self, explicit: bool) -> None:
-        assert self.daemon is not None
-        self.daemon.request_reload(explicit=explicit)
-
-    def _do_oob_destroy(self, name: str) -> None:
-        self.hv.oob_destroy(name)
-
-    def _do_oob_undefine(self, name: str) -> None:
-        self.hv.oob_undefine(name)
-
-    def _do_oob_start(self, name: str) -> None:
-        self.hv.oob_start(name)
-
-    def _do_oob_edit(self, name: str) -> None:
-        dom = self.hv._by_name(name)
-        if dom is not None and dom.config is not None:
-            dom.config.find("memory").text = "333"  # virsh edit: a new definition, our metadata kept
-            self.hv._emit(name, "defined")
-
-    def _do_foreign(self, name: str) -> None:
-        self._define_other(name, None)
-
-    def _do_other_instance(self, name: str) -> None:
-        self._define_other(name, "team-b")
-
-    def _define_other(self, name: str, instance: str | None) -> None:
-        if self.hv._by_name(name) is not None:
-            return
-        ctx = RenderContext(VirtType.kvm, "/img", "/state", instance=instance or INSTANCE)
-        rendered = render_domain(name, Domain.model_validate(VARIANTS[0]), ctx, source_file="theirs.json")
-        root = rendered.tree
-        if instance is None:  # made with virsh: another UUID, no owner element
-            root.find("uuid").text = "00000000-0000-4000-8000-" + name.encode().hex().rjust(12, "0")
-            owner = None
-        else:
-            owner = Owner(file="theirs.json", spec_hash=rendered.spec_hash, instance=instance)
-        for meta in root.findall("metadata"):
-            root.remove(meta)
-        dom = self.hv.define(_text(root, owner))
-        self.hv.boot(dom)
-
-    def _do_deaf(self, name: str) -> None:
-        dom = self.hv._by_name(name)
-        if dom is not None:
-            dom.obeys_acpi = False
-
-    def _do_drop(self) -> None:
-        self.hv.drop_connection()
-
-    def _do_libvirtd_down(self, seconds: float) -> None:
-        self.hv.libvirtd_up = False
-        self.hv.drop_connection()
-        assert self.loop is not None
-        self.loop.call_later(seconds, setattr, self.hv, "libvirtd_up", True)
-
-    def _do_fault(self, op: str) -> None:
-        self.hv.faults[op] = HypervisorError(f"injected failure of {op}")
-
     # ---- invariant 5 ------------------------------------------------------------------------
     def check_stop_allowed(self, name: str, op: str) -> None:
         """A running guest may be stopped when the config it was read from asks: its
@@ -282,10 +233,14 @@ class World:
                 continue
             if spec and (spec.get("state") == "stopped" or spec.get("restartOnChange")):
                 return
+            if spec and any((d.get("nix") or {}).get("onImageChange") == "recreate"
+                            for d in spec.get("disks", {}).values()):
+                return
         self.violate(f"invariant 5: {op} of running {name!r}, which its config keeps running")
 
     def violate(self, what: str) -> None:
         """Record it (the daemon would swallow an exception raised inside its call) and fail the call."""
+        self.note(f"VIOLATION {what}")
         if self.violation is None:
             self.violation = what
         raise Violation(what)
@@ -296,10 +251,12 @@ class World:
             await self._start()
         self.hv.faults.clear()
         self.hv.libvirtd_up = True
+        self.hv.event_mode = "normal"
+        self.tools.build_mode, self.tools.create_fails, self.disk_full_until = "ok", False, -1.0
         for path in self.config.glob("*.json"):
             path.unlink()
         taken = {d.name for d in self.hv.domains.values() if not self._ours(d)}
-        self._write("final.json", file_text(tuple(domains)))
+        self._write("final.json", file_text(tuple(domains), str(self.nix_dir)))
         self._do_reload(True)
         for _ in range(20):  # 1,200 s: backoffs (5 min at most), shutdown timeouts, reconnects
             await asyncio.sleep(60)
@@ -335,7 +292,7 @@ class World:
                 if dom is not None:
                     raise Violation(f"invariant 3: {name!r} is not declared but still defined ({dom.power})")
                 continue
-            spec = VARIANTS[wanted[name]]
+            spec = variant(wanted[name], str(self.nix_dir))
             expected = render_domain(name, Domain.model_validate(spec), ctx, source_file="final.json")
             want_power = Power.shutoff if spec.get("state") == "stopped" else Power.running
             if (dom is None or not self._ours(dom) or dom.config is None

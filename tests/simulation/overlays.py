@@ -1,0 +1,54 @@
+"""Invariant 2, checked on the images directory after every step.
+
+An overlay is the VM's data. Every overlay that ever reached its final name is
+still on disk (at its name, or moved aside to a dated name), unchanged; an
+overlay's name holds a new overlay only where the config the daemon read asked
+for it (`nix.onImageChange: recreate`); and no overlay's base image is gone from
+the nix store (its GC root held while the overlay exists).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+
+class OverlayWatch:
+    def __init__(self, images: Path, violate: Callable[[str], None]) -> None:
+        self.images = images
+        self.violate = violate
+        self.seen: dict[int, str] = {}  # image id -> the overlay name it was created under
+        self.at: dict[str, int] = {}  # overlay name -> the id it holds now
+
+    def check(self, texts: dict[str, str]) -> None:
+        found: dict[int, tuple[str, dict]] = {}
+        for path in sorted(self.images.glob("*.qcow2*")) if self.images.is_dir() else []:
+            if path.name.endswith(".creating"):
+                continue  # never held data: a crash during create leaves it, the next create replaces it
+            data = json.loads(path.read_text())
+            found[data["id"]] = (path.name, data)
+            if path.name.endswith(".qcow2"):
+                before = self.at.get(path.name)
+                if before is not None and before != data["id"] and not _recreate_asked(path.name, texts):
+                    self.violate(f"invariant 2: overlay {path.name} was recreated without nix.onImageChange")
+                self.at[path.name] = data["id"]
+                self.seen.setdefault(data["id"], path.name)
+        for image_id, name in self.seen.items():
+            if image_id not in found:
+                self.violate(f"invariant 2: overlay {name} (image {image_id}) was deleted")
+        for name, data in found.values():
+            if data["backing"] and not Path(data["backing"]).exists():
+                self.violate(f"invariant 2: the base image {data['backing']} of overlay {name} was garbage-collected")
+
+
+def _recreate_asked(overlay: str, texts: dict[str, str]) -> bool:
+    domain = overlay.rsplit("-", 1)[0]
+    for text in texts.values():
+        try:
+            spec = json.loads(text).get("domains", {}).get(domain) or {}
+        except (ValueError, AttributeError):
+            continue
+        if any((d.get("nix") or {}).get("onImageChange") == "recreate" for d in spec.get("disks", {}).values()):
+            return True
+    return False

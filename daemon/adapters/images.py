@@ -249,12 +249,18 @@ class Images:
         return info
 
     def move_aside(self, overlay: str, *, domain: str, disk: str) -> str:
-        """Rename an overlay to a dated name; it is kept (with its base rooted) until purged."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        """Rename an overlay to a dated name; it is kept (with its base rooted) until purged.
+        Never onto an existing name: two recreates within one second keep both overlays."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.wall()))
         kept = f"{overlay}.replaced-{stamp}"
-        os.rename(overlay, kept)
+        n = 1
+        while os.path.lexists(kept):
+            n += 1
+            kept = f"{overlay}.replaced-{stamp}-{n}"
+        os.link(overlay, kept)  # fails rather than replaces, should the name be taken meanwhile
         entry = self.registry().get(overlay, {})
         self._record(kept, backing=entry.get("backing", ""), domain=domain, disk=disk)
+        os.unlink(overlay)
         log.warning("overlay_moved_aside", domain=domain, disk=disk, overlay=overlay, kept_as=kept)
         return kept
 

@@ -173,3 +173,16 @@ async def test_missing_build_command_says_so(tmp_path):
     state = images.build_state(str(tmp_path / "a.nix"))
     assert state.phase == BuildPhase.failed
     assert state.error == "nixos-generate-not-installed: command not found (install it, or fix PATH)"
+
+
+def test_two_overlays_moved_aside_within_one_second_are_both_kept(tmp_path):
+    """Found by the simulator: the dated name has one-second resolution, and a rename onto
+    an existing name replaces it silently; the second overlay moved aside must not."""
+    images = Images(state_dir=str(tmp_path / "state"))
+    overlay = tmp_path / "web-root.qcow2"
+    kept = []
+    for content in ("first", "second"):
+        overlay.write_text(content)
+        kept.append(images.move_aside(str(overlay), domain="web", disk="root"))
+    assert len(set(kept)) == 2 and [Path(k).read_text() for k in kept] == ["first", "second"]
+    assert not overlay.exists() and set(images.registry()) == set(kept)

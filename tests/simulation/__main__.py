@@ -1,8 +1,9 @@
 """Deterministic simulation of the real daemon under seeded fault schedules.
 
-    .venv/bin/python -m tests.simulation --schedules 10000 [--seed S]
+    .venv/bin/python -m tests.simulation --schedules 10000 [--seed S] [--jobs N]
 
-Schedule i runs with seed S+i (default S=0). A violation prints its seed, the
+Schedule i runs with seed S+i (default S=0), spread over N processes (default: one
+per CPU); each schedule runs on its own, so the split changes no result. A violation prints its seed, the
 schedule shrunk to a minimal one that still fails, and the trace of that run; the
 same seed (`--seed N --schedules 1`) reproduces it exactly. The last line reads
 `N schedules, K violations`; the exit code is 1 when K > 0.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import os
 import sys
 import time
 import warnings
@@ -47,23 +50,34 @@ def shrink(steps: list[Step]) -> list[Step]:
     return body + final
 
 
+def _run_seeds(seeds: range) -> list[tuple[int, str]]:
+    return [(seed, failure) for seed in seeds if (failure := run_schedule(generate(seed))) is not None]
+
+
+def failures(first: int, count: int, jobs: int) -> list[tuple[int, str]]:
+    """(seed, failure) of every failing schedule, in seed order."""
+    chunks = [range(s, min(s + 50, first + count)) for s in range(first, first + count, 50)]
+    if jobs <= 1:
+        return [f for chunk in chunks for f in _run_seeds(chunk)]
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=quiet) as pool:
+        return [f for found in pool.imap(_run_seeds, chunks) for f in found]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.simulation")
     p.add_argument("--schedules", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="seed of the first schedule")
     p.add_argument("--max-report", type=int, default=3, help="violations to shrink and print in full")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes to run schedules in")
     args = p.parse_args(argv)
     quiet()
     started = time.monotonic()
-    violations = 0
-    for seed in range(args.seed, args.seed + args.schedules):
+    found = failures(args.seed, args.schedules, args.jobs)
+    violations = len(found)
+    for n, (seed, failure) in enumerate(found, start=1):
         steps = generate(seed)
-        failure = run_schedule(steps)
-        if failure is None:
-            continue
-        violations += 1
         print(f"seed {seed}: {failure.splitlines()[0]}", flush=True)
-        if violations <= args.max_report:
+        if n <= args.max_report:
             small = shrink(steps)
             print(f"  shrunk from {len(steps)} to {len(small)} steps:")
             print("\n".join(f"    {s}" for s in small))

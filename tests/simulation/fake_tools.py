@@ -115,7 +115,8 @@ class FakeTools:
         target = argv[target_at]
         size = int(argv[target_at + 1]) if len(argv) > target_at + 1 else None
         if not os.path.exists(backing):
-            raise CommandError(argv, 1, f"qemu-img: {target}: Could not open backing file: No such file")
+            raise CommandError(argv, 1, f"qemu-img: {target}: Could not open '{backing}': No such file or directory\n"
+                                        "Could not open backing image.")
         if self.create_fails:
             self.create_fails = False
             Path(target).write_text('{"format": "qcow2", "virt')  # half written

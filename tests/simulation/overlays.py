@@ -21,7 +21,8 @@ class OverlayWatch:
         self.seen: dict[int, str] = {}  # image id -> the overlay name it was created under
         self.at: dict[str, int] = {}  # overlay name -> the id it holds now
 
-    def check(self, texts: dict[str, str]) -> None:
+    def check(self, texts: dict[str, str], previous: dict[str, str]) -> None:
+        """`texts`: the config the daemon read last; `previous`: the one a pass in flight may act on."""
         found: dict[int, tuple[str, dict]] = {}
         for path in sorted(self.images.glob("*.qcow2*")) if self.images.is_dir() else []:
             if path.name.endswith(".creating"):
@@ -29,8 +30,9 @@ class OverlayWatch:
             data = json.loads(path.read_text())
             found[data["id"]] = (path.name, data)
             if path.name.endswith(".qcow2"):
-                before = self.at.get(path.name)
-                if before is not None and before != data["id"] and not _recreate_asked(path.name, texts):
+                held = self.at.get(path.name)
+                asked = _recreate_asked(path.name, texts) or _recreate_asked(path.name, previous)
+                if held is not None and held != data["id"] and not asked:
                     self.violate(f"invariant 2: overlay {path.name} was recreated without nix.onImageChange")
                 self.at[path.name] = data["id"]
                 self.seen.setdefault(data["id"], path.name)

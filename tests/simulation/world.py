@@ -77,6 +77,21 @@ class SimHypervisor(EventFaults, FakeHypervisor):
             self.world.violate(f"invariant 1: {kind} on {who} {dom.name!r}")
 
 
+def _stop_asked(name: str, texts: dict[str, str]) -> bool:
+    if not any(f'"{name}"' in t for t in texts.values()):
+        return True
+    for text in texts.values():
+        try:
+            spec = json.loads(text).get("domains", {}).get(name)
+        except ValueError:
+            continue
+        if spec and (spec.get("state") == "stopped" or spec.get("restartOnChange")):
+            return True
+        if spec and any((d.get("nix") or {}).get("onImageChange") == "recreate" for d in spec.get("disks", {}).values()):
+            return True
+    return False
+
+
 class World(FaultSteps):
     def __init__(self, steps: list[Step], *, trace: bool = False) -> None:
         self.steps = steps
@@ -100,6 +115,7 @@ class World(FaultSteps):
         self.overlays = OverlayWatch(self.root / "images", self.violate)
         self.disk_full_until = -1.0
         self.read_texts: dict[str, str] = {}  # the config as the daemon last read it
+        self.prev_texts: dict[str, str] = {}  # and the one before (passes begun before the last reload)
         self.violation: str | None = None  # the first one seen inside a call
         self.last_good: dict[str, str] = {}  # per file, its last content that parsed
         self.daemon: Daemon | None = None
@@ -161,24 +177,32 @@ class World(FaultSteps):
     async def _start(self) -> None:
         self.last_good = {}  # a new process knows no file's last good content (it is kept in memory)
         self.daemon = Daemon(self.settings, hypervisor=self.hv)
-        original = self.daemon.config.reader.read
+        original_read, original_render = self.daemon.config.reader.read, self.daemon.config.render
+        pending: dict[str, dict[str, str]] = {}
 
-        def read() -> Any:  # remember what the daemon saw, for invariant 5
-            now = {p.name: p.read_text() for p in self.config.glob("*.json")}
+        def read() -> Any:  # remember what the daemon saw, for invariants 2 and 5
+            pending["now"] = {p.name: p.read_text() for p in self.config.glob("*.json")}
+            return original_read()
+
+        def render(files: Any, **kwargs: Any) -> Any:
+            # the daemon acts on what it read once it has rendered it, not before
+            now = pending.pop("now", {})
             for name, text in now.items():
                 with contextlib.suppress(ValueError):
                     json.loads(text)
                     self.last_good[name] = text
             self.last_good = {n: t for n, t in self.last_good.items() if n in now}
             # a broken file counts with its last good content and with what its text names
+            self.prev_texts = self.read_texts
             self.read_texts = {**{f"{n}#raw": t for n, t in now.items()}, **self.last_good}
-            return original()
+            return original_render(files, **kwargs)
         self.daemon.config.reader.read = read  # type: ignore[method-assign]
+        self.daemon.config.render = render  # type: ignore[method-assign]
         self.task = asyncio.ensure_future(self.daemon.run())
         await asyncio.sleep(0)
 
     def _check_alive(self) -> None:
-        self.overlays.check(self.read_texts)
+        self.overlays.check(self.read_texts, self.prev_texts)
         if self.violation is not None:
             raise Violation(self.violation)
         if self.daemon is not None and self.daemon.fatal is not None:
@@ -222,21 +246,11 @@ class World(FaultSteps):
     # ---- invariant 5 ------------------------------------------------------------------------
     def check_stop_allowed(self, name: str, op: str) -> None:
         """A running guest may be stopped when the config it was read from asks: its
-        name is in no file at all, or a valid file declares it stopped or restartOnChange."""
-        texts = self.read_texts
-        if not any(f'"{name}"' in t for t in texts.values()):
-            return
-        for text in texts.values():
-            try:
-                spec = json.loads(text).get("domains", {}).get(name)
-            except ValueError:
-                continue
-            if spec and (spec.get("state") == "stopped" or spec.get("restartOnChange")):
-                return
-            if spec and any((d.get("nix") or {}).get("onImageChange") == "recreate"
-                            for d in spec.get("disks", {}).values()):
-                return
-        self.violate(f"invariant 5: {op} of running {name!r}, which its config keeps running")
+        name is in no file at all, or a valid file declares it stopped, restartOnChange or
+        to be recreated on a new image. A pass reads the config once, when it begins: one
+        that began before the last reload acts on the config before it."""
+        if not any(_stop_asked(name, texts) for texts in (self.read_texts, self.prev_texts)):
+            self.violate(f"invariant 5: {op} of running {name!r}, which its config keeps running")
 
     def violate(self, what: str) -> None:
         """Record it (the daemon would swallow an exception raised inside its call) and fail the call."""

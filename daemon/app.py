@@ -88,9 +88,12 @@ class Daemon:
             started = clock.wall()
             result = await self.config.reload(explicit=explicit)
             self.images.invalidate(result.nix_paths)
-            for key in result.keys:
+            keys = set(result.keys)
+            if result.broken_changed:  # a removal held while a broken file might declare it: decide now
+                keys |= {key for key, record in self.pipeline.records.items() if "held" in record.conditions}
+            for key in keys:
                 self.queue.add(key)
-            self.reloads.begin(started, result.errors, result.keys)
+            self.reloads.begin(started, result.errors, keys)
 
     def _build_finished(self, config_path: str) -> None:
         for key in self.config.waiting_on_build(config_path):

@@ -38,6 +38,7 @@ class Reloaded:
     keys: set[Key]  # whose desired state changed (every nix-disk domain too, on an explicit reload)
     errors: list[str]
     nix_paths: set[str]  # configurations whose builds are to be evaluated again
+    broken_changed: bool = False  # the broken files (or their texts) changed: what they held may go now
 
 
 class ConfigStore:
@@ -49,6 +50,7 @@ class ConfigStore:
         self.ctx: RenderContext | None = None  # set once libvirt said which virt type it runs
         self._last_good: dict[str, ConfigFile] = {}
         self._may_declare: Callable[[str], str | None] = lambda name: None
+        self._broken: dict[str, str] = {}
 
     async def reload(self, *, explicit: bool) -> Reloaded:
         started = clock.wall()
@@ -89,9 +91,11 @@ class ConfigStore:
         if explicit:  # `systemctl reload`: evaluate every nix disk again (its inputs may have changed)
             keys |= {Key(Kind.domain, n) for n, d in rendered.domains.items()
                      if any(k.type == DiskType.nix for k in d.spec.disks.values())}
-        self._may_declare = functools.partial(may_declare, dict(self.reader.broken_texts))
+        broken = dict(self.reader.broken_texts)
+        changed = broken != self._broken
+        self._broken, self._may_declare = broken, functools.partial(may_declare, broken)
         self.desired = rendered
-        return Reloaded(rendered, keys, [str(e) for e in rendered.all_errors], nix_paths)
+        return Reloaded(rendered, keys, [str(e) for e in rendered.all_errors], nix_paths, broken_changed=changed)
 
     def _unreadable(self, problem: DirectoryProblem) -> Reloaded:
         # never read a missing or untrusted directory as "no VMs": keep everything

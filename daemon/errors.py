@@ -1,9 +1,13 @@
 """The small error taxonomy every layer speaks.
 
-Adapters translate foreign exceptions (libvirtError, OSError, a failed subprocess)
-into these at the boundary, so the reconciler can decide what to do from the type:
-retry later (TemporaryError), report and wait for a change (PermanentError), or
-show the user which file and field is wrong (ConfigError, see core.spec).
+Adapters translate foreign exceptions (libvirtError, a failed subprocess) into these
+at the boundary; the pipeline (pipeline.py) turns each into a failure with its row
+of the backoff table (core/backoff.py): retry soon, doubling (TemporaryError, at
+least its own delay), reconnect first (ConnectionLost), or look again only after
+5 minutes, since retrying will not help until something changes (PermanentError).
+An OSError that reaches the pipeline (a full disk, a vanished file) is reported with
+its file and reason and retried like a temporary error. Config mistakes are
+ConfigError (core.config), shown with file and field, never raised into a pass.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ there, mutations are counted. `apply` takes typed operations (hypervisor_protoco
 and runs several of them for one domain in a single thread job (define, autostart and
 start of a new domain cost one hop to the pool, not three).
 
-A change is only ever made through the handle the reconciler's last look cached
+A change is only ever made through the handle the pipeline's last look cached
 (see hypervisor_handles.py).
 """
 

@@ -1,4 +1,4 @@
-"""Changes go to the object the reconciler looked at, never to whatever has its name now.
+"""Changes go to the object the pipeline looked at, never to whatever has its name now.
 
 A libvirt handle (virDomain, virNetwork) names its object by UUID. The adapter caches
 the handle each look takes, and every change is made through that cached handle: if

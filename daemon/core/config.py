@@ -1,7 +1,7 @@
 """Parse config files and merge them into one desired state.
 
 PURE: imports only the standard library and pydantic. Reading the directory
-(permissions, which files count) is the shell's job, in daemon/configdir.py.
+(permissions, which files count) is the shell's job, in daemon/configfiles.py.
 
 Rules from the product notes:
 - every error names the file, the JSON path of the field and the reason;

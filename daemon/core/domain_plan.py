@@ -5,6 +5,7 @@ PURE: standard library only; table-tested in tests/core/test_plan.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from . import backoff
@@ -30,6 +31,9 @@ def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now
     if wanted.obj is None:
         return _plan_removal(observed, shutdown, now)
     plan = _plan_desired(_Pass(wanted.obj, obs, shutdown, now, start_not_before(record), wanted.instance))
+    retry = _build_retry(obs, now.mono)
+    if retry is not None and (plan.requeue_after is None or retry < plan.requeue_after):
+        plan = dataclasses.replace(plan, requeue_after=retry)
     return _veto_missing_paths(plan, obs) if obs.missing_paths else plan
 
 
@@ -123,9 +127,8 @@ def _veto_missing_paths(plan: Plan, obs: DomainObservation) -> Plan:
                 message="; ".join(obs.missing_paths), shutdown=plan.shutdown)
 
 
-def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Phase | None, bool, float | None]:
-    """Image steps for nix disks: (actions, conditions, message, blocking phase, needs_stop, retry in)."""
-    retry: float | None = None
+def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Phase | None, bool]:
+    """Image steps for nix disks: (actions, conditions, message, blocking phase, needs_stop)."""
     actions: list[Action] = []
     conditions: set[Condition] = set()
     message: str | None = None
@@ -148,6 +151,9 @@ def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Ph
                     conditions.add(Condition.image_outdated)
                     message = (f"disk {ov.disk}: the configuration now builds {build.image}; the overlay stays on "
                                f"{ov.backing} (set nix.onImageChange to recreate, or purge and recreate it)")
+            if build.phase == BuildPhase.failed:
+                message = message or (f"disk {ov.disk}: evaluating the image failed (the VM keeps its current "
+                                      f"image): {build.error}")
             continue
         if build.phase == BuildPhase.built:
             if not ov.exists:
@@ -161,12 +167,18 @@ def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Ph
                     f"now builds {build.image}; set nix.onImageChange to recreate (the old overlay is kept aside)")
         elif build.phase == BuildPhase.failed:
             blocked, message = Phase.error, f"disk {ov.disk}: image build failed: {build.error}"
-            if build.retry_at is not None and build.retry_at > now:
-                retry = build.retry_at - now if retry is None else min(retry, build.retry_at - now)
         elif blocked is None:
             blocked = Phase.building
             message = f"disk {ov.disk}: building the image"
-    return actions, conditions, message, blocked, needs_stop, retry
+    return actions, conditions, message, blocked, needs_stop
+
+
+def _build_retry(obs: DomainObservation, now: float) -> float | None:
+    """When the first failed build's backoff ends: it is retried then, also while the VM
+    runs on the image it has (no other event would bring the domain back to it)."""
+    waits = [ov.build.retry_at - now for ov in obs.overlays
+             if ov.build.phase == BuildPhase.failed and ov.build.retry_at is not None and ov.build.retry_at > now]
+    return min(waits) if waits else None
 
 
 def _needs_define(desired: RenderedDomain, observed: ObservedDomain | None) -> bool:
@@ -178,12 +190,11 @@ def _needs_define(desired: RenderedDomain, observed: ObservedDomain | None) -> b
 def _plan_desired(p: _Pass) -> Plan:
     desired, observed, now = p.desired, p.observed, p.now.mono
     spec = desired.spec
-    actions, conditions, message, blocked, needs_stop, retry = _plan_images(p)
+    actions, conditions, message, blocked, needs_stop = _plan_images(p)
     active = observed is not None and observed.power.active
     if blocked is not None:  # a running build requeues its domains when it ends; a failed one is retried
         keep = tuple(a for a in actions if a.kind in (Act.build_image, Act.root_image))
-        return Plan(actions=keep, phase=blocked, conditions=frozenset(conditions), message=message,
-                    requeue_after=retry)
+        return Plan(actions=keep, phase=blocked, conditions=frozenset(conditions), message=message)
 
     if needs_stop and active:
         keep = tuple(a for a in actions if a.kind in (Act.build_image, Act.root_image))

@@ -3,7 +3,7 @@
 Kubernetes' ReplicaSet controller uses the same idea. When nvirtd defines or starts
 a domain, libvirt answers with DEFINED / STARTED events; reconciling again on them
 would only re-read what was just written (5 RPCs per domain, measured as 40% of
-a cold start of 1,000 domains). The executor records the events it expects before
+a cold start of 1,000 domains). The domain kind records the events it expects before
 it acts; the event source drops a matching event instead of queueing the key.
 An expectation expires after `ttl` seconds, and any event nobody expected (an
 edit, a destroy, a crash) still requeues, so nothing outside nvirtd is missed.

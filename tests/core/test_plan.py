@@ -256,3 +256,12 @@ def test_inputs_are_frozen():
     for value, field in ((wanted, "name"), (observation, "domain"), (record, "phase"), (now, "mono")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, field, None)
+
+
+def test_a_failed_image_evaluation_of_a_running_vm_is_retried_when_its_backoff_ends():
+    """Found by the simulator (without its safety resync): the VM ran on, and nothing ever
+    brought the domain back to retry the build."""
+    failed = overlay(build=BuildState(BuildPhase.failed, error="boom", retry_at=10))
+    plan = plan_domain(*case(D_NIX, observed(D_NIX), now=4, overlays=(failed,)))
+    assert kinds(plan) == [] and plan.phase == Phase.running
+    assert plan.requeue_after == pytest.approx(6) and "keeps its current image" in plan.message

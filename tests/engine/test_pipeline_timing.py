@@ -169,3 +169,20 @@ def test_a_domain_waits_for_its_network_in_libvirt_and_starts_once_it_runs(vd):
     vd.at(10)
     assert vd.hv.times("start_network") == [0, 0, 2], "refused twice in a row (the second after the define's event), then 2 s later"
     assert vd.hv.times("start", "web") == [2], "the domain started as soon as its network ran"
+
+
+def test_a_removal_held_by_a_broken_file_goes_ahead_once_that_file_is_gone(vd):
+    """Found by the simulator once its safety resync was turned off: the held removal was
+    never looked at again (the domain stayed, running, until the next resync)."""
+    vd.write({"domains": {"old": domain()}})
+    vd.start()
+    vd.at(1)
+    (vd.config / "c.json").write_text('{"domains": {"old": ')  # might declare it
+    vd.write({"domains": {}})
+    vd.reload()
+    vd.at(10)
+    assert vd.hv._by_name("old") is not None and "held" in vd.entry("old").conditions
+    (vd.config / "c.json").unlink()
+    vd.reload()
+    vd.at(20)
+    assert vd.hv._by_name("old") is None, "removed once no broken file may declare it"

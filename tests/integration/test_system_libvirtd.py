@@ -1,7 +1,7 @@
 """nvirtd against the real libvirtd with QEMU: define, run, remove, drift, reconnect, crash.
 
 Domains here boot no OS (type kvm when libvirt offers it: they reach `running`,
-which is all a lifecycle test needs); see test_boot.py for a real kernel under TCG.
+which is all a lifecycle test needs); see test_boot_and_network.py for a real kernel under TCG.
 """
 
 from __future__ import annotations

@@ -75,6 +75,15 @@ def _ignore_broken_files():
     return patched(ConfigStore, "wanted", wanted)
 
 
+def _forget_last_good():
+    real = ConfigStore.render
+
+    def render(self, files, **kwargs):
+        self._last_good = {}
+        return real(self, files, **kwargs)
+    return patched(ConfigStore, "render", render)
+
+
 @contextlib.contextmanager
 def _both(*patches: Any) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
@@ -94,6 +103,7 @@ DEFECTS = {
         lambda: _both(patched(Images, "ensure_root", _no_root), patched(Images, "is_rooted", lambda self, i: True)),
     "an overlay is recreated on every image change (onImageChange ignored)": _recreate_by_default,
     "a removal ignores a broken file that may declare the name": _ignore_broken_files,
+    "a broken file's last good content is forgotten (its domains are removed)": _forget_last_good,
     "expected events never expire (a later real change is swallowed)":
         lambda: patched(Expectations, "__init__", _expect_forever),
 }

@@ -62,7 +62,7 @@ def _steps(rng: random.Random) -> list[tuple[float, object]]:
     return [
         (26, ("write", lambda: (rng.choice(FILES), tuple((n, rng.randrange(len(VARIANTS)))
                                                          for n in rng.sample(NAMES, rng.randint(0, 3)))))),
-        (5, ("break", one(*FILES))), (5, ("delete", one(*FILES))),
+        (5, ("break", lambda: (rng.choice(FILES), rng.choice(("stub", "half"))))), (5, ("delete", one(*FILES))),
         (11, ("reload", lambda: (rng.random() < 0.5,))), (2, ("hup_storm", lambda: ())),
         (9, (None, lambda: (rng.choice(("oob_destroy", "oob_undefine", "oob_start", "oob_edit")),
                             (rng.choice(NAMES),)))),

@@ -44,8 +44,12 @@ class FaultSteps:
     def _do_write(self, file: str, domains: tuple) -> None:
         self._write(file, file_text(tuple(domains), str(self.nix_dir)))
 
-    def _do_break(self, file: str) -> None:
-        self._write(file, '{"domains": {"d0": ')
+    def _do_break(self, file: str, how: str = "stub") -> None:
+        """A file saved broken: its first half (a full disk, an editor that crashed), or the
+        start of one that declares d0."""
+        path = self.config / file
+        text = path.read_text() if path.exists() else ""
+        self._write(file, text[:len(text) // 2] if how == "half" and len(text) > 20 else '{"domains": {"d0": ')
 
     def _do_delete(self, file: str) -> None:
         with contextlib.suppress(FileNotFoundError):

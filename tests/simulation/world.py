@@ -104,7 +104,7 @@ class World(FaultSteps):
         self.config.mkdir()
         self.settings = Settings(uri="fake:///", config_dir=str(self.config), state_dir=str(self.root / "state"),
                                  images_dir=str(self.root / "images"), workers=4, watch=False, trust_checks=False,
-                                 resync_interval=600.0, virt_type=VirtType.kvm, build_command=(BUILD, "{path}"),
+                                 resync_interval=3600.0, virt_type=VirtType.kvm, build_command=(BUILD, "{path}"),
                                  build_timeout=100.0)
         self.nix_dir = self.root / "nix"
         self.nix_dir.mkdir()

@@ -13,55 +13,57 @@ the asyncio loop.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Hashable
 from . import clock
 
 
 class Expectations:
+    """Events one action causes are expected as a group, in the order libvirt sends them;
+    consuming one drops the group's earlier ones that did not come (QEMU sends RESUMED
+    before STARTED, the test driver only STARTED): a missing one must not lie in wait
+    for a real event of the same kind."""
+
     def __init__(self, *, clock: Callable[[], float] = clock.monotonic, ttl: float = 30.0) -> None:
         self.clock = clock
         self.ttl = ttl
-        self._pending: dict[Hashable, list[tuple[str, float]]] = {}
+        # key -> [(event, deadline, group, position in the group)]
+        self._pending: dict[Hashable, list[tuple[str, float, int, int]]] = {}
+        self._groups = itertools.count()
         self._lock = threading.Lock()
 
     def expect(self, key: Hashable, *events: str) -> None:
-        deadline = self.clock() + self.ttl
+        if not events:
+            return
+        deadline, group = self.clock() + self.ttl, next(self._groups)
         with self._lock:
-            self._pending.setdefault(key, []).extend((e, deadline) for e in events)
+            self._pending.setdefault(key, []).extend((e, deadline, group, i) for i, e in enumerate(events))
 
     def forget(self, key: Hashable, *events: str) -> None:
         """The action failed: its events will not come."""
         with self._lock:
-            self._forget(key, events)
-
-    def _forget(self, key: Hashable, events: tuple[str, ...]) -> None:
-        pending = self._pending.get(key, [])
-        for event in events:
-            for i, (e, _) in enumerate(pending):
-                if e == event:
-                    del pending[i]
-                    break
-        if not pending:
-            self._pending.pop(key, None)
+            pending = self._pending.get(key, [])
+            for event in events:
+                for i, entry in enumerate(pending):
+                    if entry[0] == event:
+                        del pending[i]
+                        break
+            if not pending:
+                self._pending.pop(key, None)
 
     def consume(self, key: Hashable, event: str) -> bool:
         """True when `event` was expected for `key` (and is now used up)."""
         with self._lock:
-            return self._consume(key, event)
-
-    def _consume(self, key: Hashable, event: str) -> bool:
-        pending = self._pending.get(key)
-        if not pending:
-            return False
-        now = self.clock()
-        pending[:] = [(e, d) for e, d in pending if d > now]
-        for i, (e, _) in enumerate(pending):
-            if e == event:
-                del pending[i]
-                if not pending:
-                    del self._pending[key]
-                return True
-        if not pending:
-            del self._pending[key]
-        return False
+            pending = self._pending.get(key)
+            if not pending:
+                return False
+            now = self.clock()
+            pending[:] = [p for p in pending if p[1] > now]
+            hit = next((p for p in pending if p[0] == event), None)
+            if hit is not None:
+                _, _, group, position = hit
+                pending[:] = [p for p in pending if p is not hit and not (p[2] == group and p[3] < position)]
+            if not pending:
+                del self._pending[key]
+            return hit is not None

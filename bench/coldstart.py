@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Cold start and restart as users feel them: from process start, against baselines of the same run.
+
+libvirt's test driver inside the real libvirtd (test+unix:///default), one domain per
+file. For each size: the plain define+create loop in this process, the same loop as a
+fresh Python process reading the domains' XML files (the floor a cold start is held
+to), and nvirtd as a fresh process (process start -> every domain running); then a
+restart of nvirtd on the running domains (process start -> READY=1, mutating calls),
+and its RSS.
+
+    .venv/bin/python bench/coldstart.py [--sizes 100,1000,5000] [--repeat 3]
+
+Prints a table; nothing is asserted (docs/performance.md holds the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import libvirt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.reconcile import rendered_xmls, spec, wipe  # noqa: E402
+
+URI = "test+unix:///default"
+
+
+def running(conn: libvirt.virConnect) -> int:
+    return conn.numOfDomains() - 1  # the driver's own `test` runs too
+
+
+def wait_running(conn: libvirt.virConnect, n: int, t0: float, proc: subprocess.Popen | None = None) -> float:
+    while running(conn) < n:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before converging")
+        time.sleep(0.005)
+    return time.perf_counter() - t0
+
+
+def raw_in_process(conn, xmls) -> float:
+    t0 = time.perf_counter()
+    for _name, xml in xmls:
+        conn.defineXML(xml).create()
+    return time.perf_counter() - t0
+
+
+def raw_fresh(xml_dir: Path, *extra: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "bench" / "raw_loop.py"), URI, str(xml_dir), *extra], check=True)
+    return time.perf_counter() - t0
+
+
+def nvirtd(config: Path, state: Path, *, log_level: str = "warning") -> tuple[subprocess.Popen, socket.socket]:
+    sock_path = state.parent / f"notify-{time.monotonic_ns()}.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(300)
+    argv = [sys.executable, "-m", "daemon", "run", "--connect", URI, "--config-dir", str(config),
+            "--state-dir", str(state), "--images-dir", str(state / "images"), "--log-level", log_level,
+            "--no-trust-checks"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
+                            stderr=subprocess.PIPE, text=True)
+    return proc, sock
+
+
+def wait_ready(sock: socket.socket, t0: float) -> float:
+    while not sock.recv(4096).startswith(b"READY=1"):
+        pass
+    return time.perf_counter() - t0
+
+
+def rss_mib(pid: int) -> float:
+    kib = int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS")))
+    return kib / 1024
+
+
+def stop(proc: subprocess.Popen, sock: socket.socket) -> dict:
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    sock.close()
+    for line in reversed(err.splitlines()):
+        if '"daemon_stopped"' in line:
+            return json.loads(line).get("mutations", {})
+    return {}
+
+
+def one_size(conn, n: int, repeat: int, work: Path) -> dict:
+    xmls = rendered_xmls(n)
+    xml_dir, config = work / f"xml{n}", work / f"config{n}"
+    xml_dir.mkdir()
+    config.mkdir(mode=0o755)
+    for i, (name, xml) in enumerate(xmls):
+        (xml_dir / f"{name}.xml").write_text(xml)
+        (config / f"{name}.json").write_text(json.dumps(spec(i)))
+    runs: dict[str, list[float]] = {"loop": [], "fresh": [], "nvirtd": [], "ready": [], "rss": []}
+    for r in range(repeat):  # interleaved, so that a noisy minute hurts all three alike
+        wipe(conn)
+        runs["loop"].append(raw_in_process(conn, xmls))
+        wipe(conn)
+        t0 = time.perf_counter()
+        runs["fresh"].append(raw_fresh(xml_dir))
+        assert running(conn) == n
+        wipe(conn)
+        state = work / f"state{n}-{r}"
+        state.mkdir()
+        t0 = time.perf_counter()
+        proc, sock = nvirtd(config, state)
+        runs["nvirtd"].append(wait_running(conn, n, t0, proc))
+        wait_ready(sock, t0)
+        time.sleep(0.5)
+        runs["rss"].append(rss_mib(proc.pid))
+        stop(proc, sock)
+        t0 = time.perf_counter()  # restart on the running domains: nothing to do
+        proc, sock = nvirtd(config, state, log_level="info")
+        runs["ready"].append(wait_ready(sock, t0))
+        mutations = stop(proc, sock)
+        assert not mutations, f"a restart with an unchanged config changed something: {mutations}"
+    wipe(conn)
+    return {k: statistics.median(v) for k, v in runs.items()} | {"all": runs}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="100,1000,5000")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.open(URI)  # keeps the test driver's state alive for the whole run
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nvirtd-cold-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)
+        for n in (int(s) for s in args.sizes.split(",")):
+            m = one_size(conn, n, args.repeat, work)
+            rows.append((n, m))
+            fmt = lambda key: ", ".join(f"{x:.2f}" for x in m["all"][key])  # noqa: E731
+            print(f"{n} domains: loop {m['loop']:.2f} s ({fmt('loop')}), fresh loop {m['fresh']:.2f} s "
+                  f"({fmt('fresh')}), nvirtd {m['nvirtd']:.2f} s ({fmt('nvirtd')}), restart->READY "
+                  f"{m['ready']:.2f} s ({fmt('ready')}), RSS {m['rss']:.0f} MiB", flush=True)
+    conn.close()
+    print(f"\nmedians of {args.repeat}, interleaved; process start -> all running\n")
+    print("| domains | loop in-process | fresh-process loop | nvirtd cold | vs fresh loop | per domain | "
+          "restart -> READY (0 mutating calls) | RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, m in rows:
+        print(f"| {n} | {m['loop']:.2f} s | {m['fresh']:.2f} s | {m['nvirtd']:.2f} s | "
+              f"{m['nvirtd'] / m['fresh']:.2f}x | {m['nvirtd'] / n * 1000:.2f} ms | {m['ready']:.2f} s | "
+              f"{m['rss']:.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()

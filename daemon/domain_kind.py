@@ -24,7 +24,7 @@ from .core.domain_plan import plan_domain
 from .core.domain_xml import RenderedDomain, console_log_path
 from .core.keys import Key, Kind
 from .core.observed import DomainEvent, DomainObservation, ObservedDomain, OverlayState
-from .core.ownership import Owner, parse_owner
+from .core.ownership import Owner
 from .core.plan import Act, Action, Plan
 from .core.spec import DiskType
 from .runtime import clock
@@ -128,8 +128,7 @@ class DomainKind:
             live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
             return MarkShutdown(dataclasses.replace(live, shutdown_started=clock.wall()))
         assert desired is not None
-        owner = parse_owner(desired.tree)
-        assert owner is not None
+        owner = desired.owner
         if action.kind == Act.set_owner:
             assert observed is not None and observed.owner is not None
             return SetOwner(dataclasses.replace(observed.owner, instance=owner.instance,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from . import identity
-from .ownership import DEFAULT_INSTANCE, Owner, attach_owner, spec_hash
-from .xmlbuild import RenderedXml, sub
+from .ownership import DEFAULT_INSTANCE, Owner, attach_owner, digest_of, owned_text
+from .xmlbuild import RenderedXml, serialize, sub
 from .spec import DesiredPower, Disk, DiskDevice, DiskType, Domain, Firmware, VirtType
 
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "sata", "hd": "ide", "xvd": "xen"}
@@ -125,11 +125,12 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     rng = sub(devices, "rng", model="virtio")
     sub(rng, "backend", "/dev/urandom", model="random")
 
-    digest = spec_hash(root)
-    attach_owner(root, Owner(file=source_file, spec_hash=digest, instance=ctx.instance,
-                             shutdown_timeout=spec.shutdown_timeout))
-    return RenderedDomain(name=name, uuid=uuid, tree=root, spec_hash=digest,
-                          source_file=source_file, spec=spec)
+    text = serialize(root)  # once: the spec hash is of this text, and libvirt gets it with the owner
+    digest = digest_of(text)
+    owner = Owner(file=source_file, spec_hash=digest, instance=ctx.instance, shutdown_timeout=spec.shutdown_timeout)
+    attach_owner(root, owner)
+    return RenderedDomain(name=name, uuid=uuid, tree=root, spec_hash=digest, source_file=source_file, spec=spec,
+                          xml=owned_text(text, owner), owner=owner)
 
 
 def _os(root: ET.Element, spec: Domain) -> None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import identity
-from .ownership import DEFAULT_INSTANCE, Owner, attach_owner, spec_hash
-from .xmlbuild import RenderedXml, sub
+from .ownership import DEFAULT_INSTANCE, Owner, attach_owner, digest_of, owned_text, spec_hash
+from .xmlbuild import RenderedXml, serialize, sub
 from .spec import Domain, ForwardMode, Network
 
 
@@ -138,8 +138,10 @@ def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, s
                 sub(dhcp, "host", **attrs)
     if spec.ip6 is not None:
         sub(root, "ip", family="ipv6", address=str(spec.ip6.address), prefix=str(spec.ip6.prefix))
-    digest, restart = spec_hash(root), restart_hash(root)
+    text = serialize(root)
+    digest, restart = digest_of(text), restart_hash(root)
     hosts = static_hosts(root)
-    attach_owner(root, Owner(file=source_file, spec_hash=digest, restart_hash=restart, instance=instance))
+    owner = Owner(file=source_file, spec_hash=digest, restart_hash=restart, instance=instance)
+    attach_owner(root, owner)
     return RenderedNetwork(name=name, uuid=uuid, tree=root, spec_hash=digest, source_file=source_file,
-                           spec=spec, restart_hash=restart, hosts=hosts)
+                           spec=spec, restart_hash=restart, hosts=hosts, xml=owned_text(text, owner), owner=owner)

@@ -37,6 +37,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
+from .xmlbuild import serialize, splice_after_uuid
+
 NAMESPACE = "https://nvirtd.dev/xmlns/1"
 PREFIX = "nvirtd"
 OWNER_TAG = f"{{{NAMESPACE}}}owner"
@@ -122,7 +124,11 @@ def parse_owner_element(xml: str | None) -> Owner | None:
 
 
 def _digest(root: ET.Element) -> str:
-    return hashlib.sha256(ET.tostring(root, encoding="utf-8")).hexdigest()[:32]
+    return digest_of(serialize(root))
+
+
+def digest_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def spec_hash(root: ET.Element) -> str:
@@ -147,6 +153,13 @@ def fingerprint(libvirt_xml: str) -> str:
     if match and end != -1:
         libvirt_xml = libvirt_xml[:match.start()] + libvirt_xml[end + len("</metadata>"):]
     return hashlib.sha256(libvirt_xml.encode()).hexdigest()[:32]
+
+
+def owned_text(text: str, owner: Owner) -> str:
+    """The rendered text with <metadata><nvirtd:owner/></metadata> after <uuid>, as attach_owner puts it."""
+    meta = ET.Element("metadata")
+    meta.append(owner_element(owner))
+    return splice_after_uuid(text, ET.tostring(meta, encoding="unicode"))
 
 
 def attach_owner(root: ET.Element, owner: Owner) -> None:

@@ -98,7 +98,7 @@ DEFECTS = {
     "a foreign domain is removed (the ownership gate skips foreign objects)":
         lambda: patched(domain_plan, "gate", _gate_without("foreign")),
     "the spec hash is not stable (a restart with an unchanged config redefines)":
-        lambda: patched(domain_xml, "spec_hash", lambda root, _c=iter(range(10**9)): f"{next(_c):032d}"),
+        lambda: patched(domain_xml, "digest_of", lambda text, _c=iter(range(10**9)): f"{next(_c):032d}"),
     "a base image is not GC-rooted (garbage collection takes an overlay's base)":
         lambda: _both(patched(Images, "ensure_root", _no_root), patched(Images, "is_rooted", lambda self, i: True)),
     "an overlay is recreated on every image change (onImageChange ignored)": _recreate_by_default,

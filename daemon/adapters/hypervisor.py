@@ -57,6 +57,12 @@ DOMAIN_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: DomainEvent.pmsuspended, libvirt.VIR_DOMAIN_EVENT_CRASHED: DomainEvent.crashed,
 }
 
+# listings by state a look can take a domain's power from (paused ones need state()'s reason)
+_LISTED_POWER = {libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING: Power.running,
+                 libvirt.VIR_CONNECT_LIST_DOMAINS_SHUTOFF: Power.shutoff}
+_AUTOSTART = libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
+_LISTED = (*_LISTED_POWER, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT, _AUTOSTART)
+
 _event_lock = threading.Lock()
 _event_thread: threading.Thread | None = None
 
@@ -146,6 +152,7 @@ class Hypervisor(DomainOps, NetworkOps):
         # every domain name libvirt has, from the last full listing plus the events since:
         # a name not in it needs no lookup RPC to learn that it does not exist
         self.known: set[str] | None = None
+        self._listed: dict[str, tuple[Power, bool, bool]] = {}  # see list_domains
 
     # ---- plumbing -------------------------------------------------------------------
     def subscribe(self, sink: EventSink) -> None:
@@ -229,6 +236,7 @@ class Hypervisor(DomainOps, NetworkOps):
         callbacks, self._callback_ids = self._callback_ids, []
         self._doms.clear()
         self._nets.clear()
+        self._listed.clear()
         self.known = None  # events may be missed while disconnected: list again
         if not conns:
             return
@@ -257,6 +265,7 @@ class Hypervisor(DomainOps, NetworkOps):
     def _domain_event(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
         kind = DOMAIN_EVENTS.get(event, DomainEvent.other)  # one nvirtd does not know: still a change
         name = dom.name()
+        self._listed.pop(name, None)  # what the listing said of it may no longer hold
         if self.events.drop(name, kind):  # expected (our own action's echo): no need to wake the loop
             return
         self._to_loop(self._note_domain_event, name, kind)
@@ -306,9 +315,29 @@ class Hypervisor(DomainOps, NetworkOps):
         return VirtType.qemu
 
     async def list_domains(self) -> list[str]:
-        names = await self._run(lambda: [d.name() for d in self._c().listAllDomains()])
-        self.known = set(names)
-        return names
+        """Every domain's name; and, from four listings filtered by libvirt, each domain's
+        power, persistence and autostart, which the first look at it uses instead of
+        three RPCs of its own (a restart on 1,000 running domains: 2 RPCs each, not 6).
+        A listed fact is used once, and dropped the moment anything happens to the
+        domain (an event, or a change of ours), so a look never sees a stale one."""
+        def listing() -> tuple[list[Any], dict[str, tuple[Power, bool, bool]]]:
+            conn = self._c()
+            doms = conn.listAllDomains()
+            flagged = {flag: {d.name() for d in conn.listAllDomains(flag)} for flag in _LISTED}
+            facts = {}
+            for d in doms:
+                name = d.name()
+                power = next((p for flag, p in _LISTED_POWER.items() if name in flagged[flag]), None)
+                if power is not None:
+                    persistent = name in flagged[libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT]
+                    facts[name] = (power, persistent, persistent and name in flagged[_AUTOSTART])
+            return doms, facts
+        doms, facts = await self._run(listing)
+        for dom in doms:
+            self._doms.setdefault(dom.name(), dom)
+        self._listed = facts
+        self.known = {d.name() for d in doms}
+        return sorted(self.known)
 
     async def list_networks(self) -> list[str]:
         return await self._run(lambda: [n.name() for n in self._c().listAllNetworks()])
@@ -340,12 +369,16 @@ class Hypervisor(DomainOps, NetworkOps):
 
     def _look(self, dom: Any) -> ObservedDomain:
         name = dom.name()
-        state, reason = dom.state()
+        listed = self._listed.pop(name, None)
+        if listed is not None:
+            power, persistent, autostart = listed
+        else:
+            state, reason = dom.state()
+            power = _POWER.get(state, Power.other)
+            if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP:
+                power = Power.starting
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         root = ET.fromstring(xml)
-        power = _POWER.get(state, Power.other)
-        if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP:
-            power = Power.starting
         owner = parse_owner(root)
         live_hash = live_owner = None
         if owner is not None and power.active:
@@ -357,9 +390,10 @@ class Hypervisor(DomainOps, NetworkOps):
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
                     raise
                 live_hash = ""  # running with a definition that was not ours
-        # a transient domain vanishes when it stops: only an active one can be transient
-        persistent = not power.active or dom.isPersistent() == 1
-        autostart = persistent and dom.autostart() == 1
+        if listed is None:
+            # a transient domain vanishes when it stops: only an active one can be transient
+            persistent = not power.active or dom.isPersistent() == 1
+            autostart = persistent and dom.autostart() == 1
         nets = tuple(s.get("network", "") for s in root.findall("./devices/interface[@type='network']/source"))
         return ObservedDomain(
             name=name, uuid=root.findtext("uuid") or "", power=power, owner=owner, live_spec_hash=live_hash,

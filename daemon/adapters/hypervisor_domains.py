@@ -54,9 +54,11 @@ class DomainOps:
     _c: Any
     _count: Any
     _doms: dict[str, Any]
+    _listed: dict[str, Any]
     known: set[str] | None
 
     async def apply(self, name: str, ops: list[DomainOp]) -> None:
+        self._listed.pop(name, None)  # a change of ours: the listing's facts no longer hold
         for op in ops:
             self._count(op.counter)
         await self._run(self._apply, name, ops)

@@ -7,6 +7,7 @@ adapter's look and its change. The errors that follow are the test driver's own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import libvirt
@@ -87,3 +88,23 @@ async def test_a_change_never_reaches_a_foreign_domain_that_took_the_name(adapte
             await hv.apply("web", [Start()])  # ours is gone: look again
         foreign = fresh_libvirt.lookupByName("web")
         assert foreign.UUIDString() == FOREIGN_UUID and foreign.isActive() == 0
+
+
+async def test_a_look_takes_the_listings_facts_once_and_never_after_a_change(adapter_after, fresh_libvirt):
+    """The first look after a listing takes power, persistence and autostart from it (3
+    RPCs fewer); anything that happens to the domain since drops them: the look is fresh."""
+    async with adapter_after() as hv:
+        await hv.list_domains()
+        calls = hv.calls
+        seen = await hv.observe_domain("web")
+        assert seen.power == Power.running and seen.persistent and seen.autostart
+        assert hv.calls == calls + 1 and "web" not in hv._listed
+        full = await hv.observe_domain("web")  # the same, from RPCs of its own
+        assert full == seen
+        await hv.list_domains()
+        fresh_libvirt.lookupByName("web").destroy()  # virsh destroy, after the listing
+        for _ in range(50):  # its event reaches the adapter
+            if "web" not in hv._listed:
+                break
+            await asyncio.sleep(0.01)
+        assert (await hv.observe_domain("web")).power == Power.shutoff

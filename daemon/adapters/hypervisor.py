@@ -23,7 +23,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
 from .hypervisor_domains import DomainOps
 from .hypervisor_networks import NetworkOps
+from .hypervisor_threads import close_quietly, in_own_thread, register_event_loop
 from .hypervisor_protocol import EventSink
 
 T = TypeVar("T")
@@ -62,71 +62,6 @@ _LISTED_POWER = {libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING: Power.running,
                  libvirt.VIR_CONNECT_LIST_DOMAINS_SHUTOFF: Power.shutoff}
 _AUTOSTART = libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
 _LISTED = (*_LISTED_POWER, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT, _AUTOSTART)
-
-_event_lock = threading.Lock()
-_event_thread: threading.Thread | None = None
-
-
-def register_event_loop() -> None:
-    """Start libvirt's event loop thread (once per process, before any connection)."""
-    global _event_thread
-    with _event_lock:
-        if _event_thread is not None:
-            return
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors come as exceptions
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        _event_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
-        _event_thread.start()
-
-
-def _close_quietly(conns: list[Any]) -> None:
-    for conn in conns:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.unregisterCloseCallback()
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
-
-
-async def _in_own_thread(fn: Callable[[], T], *, timeout: float,
-                         cleanup: Callable[[T], None] | None = None) -> T:
-    """fn() in a new daemon thread, awaited at most `timeout` seconds. A call that is given
-    up goes on in its thread; `cleanup` gets its result if it ever ends."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-    abandoned = threading.Event()
-
-    def deliver(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        (future.set_result if ok else future.set_exception)(value)
-
-    def body() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:  # handed to the awaiting coroutine
-            if not abandoned.is_set():
-                loop.call_soon_threadsafe(deliver, False, exc)
-            return
-        if abandoned.is_set():
-            if cleanup is not None:
-                cleanup(result)
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(deliver, True, result)
-
-    threading.Thread(target=body, name="libvirt-connect", daemon=True).start()
-    try:
-        return await asyncio.wait_for(asyncio.shield(future), timeout)
-    except TimeoutError:
-        abandoned.set()
-        if cleanup is not None:  # a result that was already on its way to the loop
-            future.add_done_callback(lambda f: None if f.cancelled() or f.exception() else cleanup(f.result()))
-        raise
-
 
 def _no_object(exc: libvirt.libvirtError) -> bool:
     return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK)
@@ -195,7 +130,7 @@ class Hypervisor(DomainOps, NetworkOps):
         register_event_loop()
         self._loop = asyncio.get_running_loop()
         try:
-            conns = await _in_own_thread(self._open_all, timeout=timeout, cleanup=_close_quietly)
+            conns = await in_own_thread(self._open_all, timeout=timeout, cleanup=close_quietly)
         except TimeoutError:
             raise ConnectionLost(f"libvirt at {self.uri} did not answer within {timeout:g}s", delay=1.0) from None
         except libvirt.libvirtError as exc:
@@ -226,7 +161,7 @@ class Hypervisor(DomainOps, NetworkOps):
                     conns.append(extra)
             return conns
         except BaseException:
-            _close_quietly([conn])
+            close_quietly([conn])
             raise
 
     async def close(self, *, timeout: float = 2.0) -> None:
@@ -246,9 +181,9 @@ class Hypervisor(DomainOps, NetworkOps):
             for kind, cid in callbacks:
                 with contextlib.suppress(libvirt.libvirtError):
                     (first.domainEventDeregisterAny if kind == "domain" else first.networkEventDeregisterAny)(cid)
-            _close_quietly(conns)
+            close_quietly(conns)
         with contextlib.suppress(TimeoutError):
-            await _in_own_thread(close_all, timeout=timeout)
+            await in_own_thread(close_all, timeout=timeout)
 
     def shutdown_pool(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from . import identity
-from .ownership import DEFAULT_INSTANCE, Owner, attach_owner, digest_of, owned_text
+from .ownership import DEFAULT_INSTANCE, Owner, digest_of, owned_text
 from .xmlbuild import RenderedXml, serialize, sub
 from .spec import DesiredPower, Disk, DiskDevice, DiskType, Domain, Firmware, VirtType
 
@@ -128,8 +128,7 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     text = serialize(root)  # once: the spec hash is of this text, and libvirt gets it with the owner
     digest = digest_of(text)
     owner = Owner(file=source_file, spec_hash=digest, instance=ctx.instance, shutdown_timeout=spec.shutdown_timeout)
-    attach_owner(root, owner)
-    return RenderedDomain(name=name, uuid=uuid, tree=root, spec_hash=digest, source_file=source_file, spec=spec,
+    return RenderedDomain(name=name, uuid=uuid, spec_hash=digest, source_file=source_file, spec=spec,
                           xml=owned_text(text, owner), owner=owner)
 
 

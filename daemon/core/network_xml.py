@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import identity
-from .ownership import DEFAULT_INSTANCE, Owner, attach_owner, digest_of, owned_text, spec_hash
+from .ownership import DEFAULT_INSTANCE, Owner, digest_of, owned_text, spec_hash
 from .xmlbuild import RenderedXml, serialize, sub
 from .spec import Domain, ForwardMode, Network
 
@@ -142,6 +142,5 @@ def render_network(name: str, spec: Network, domains: Mapping[str, Domain], *, s
     digest, restart = digest_of(text), restart_hash(root)
     hosts = static_hosts(root)
     owner = Owner(file=source_file, spec_hash=digest, restart_hash=restart, instance=instance)
-    attach_owner(root, owner)
-    return RenderedNetwork(name=name, uuid=uuid, tree=root, spec_hash=digest, source_file=source_file,
+    return RenderedNetwork(name=name, uuid=uuid, spec_hash=digest, source_file=source_file,
                            spec=spec, restart_hash=restart, hosts=hosts, xml=owned_text(text, owner), owner=owner)

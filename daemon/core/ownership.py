@@ -156,16 +156,7 @@ def fingerprint(libvirt_xml: str) -> str:
 
 
 def owned_text(text: str, owner: Owner) -> str:
-    """The rendered text with <metadata><nvirtd:owner/></metadata> after <uuid>, as attach_owner puts it."""
+    """The rendered text with <metadata><nvirtd:owner/></metadata> right after <uuid> (libvirt's order)."""
     meta = ET.Element("metadata")
     meta.append(owner_element(owner))
     return splice_after_uuid(text, ET.tostring(meta, encoding="unicode"))
-
-
-def attach_owner(root: ET.Element, owner: Owner) -> None:
-    """Insert <metadata><nvirtd:owner/></metadata> right after <uuid> (libvirt's order)."""
-    meta = ET.Element("metadata")
-    meta.append(owner_element(owner))
-    uuid_el = root.find("uuid")
-    index = list(root).index(uuid_el) + 1 if uuid_el is not None else 1
-    root.insert(index, meta)

@@ -23,7 +23,7 @@ from daemon.adapters.hypervisor_protocol import (DefineDomain, Destroy, EventSin
 from daemon.core.domain_xml import RenderContext, render_domain
 from daemon.core.network_xml import render_network
 from daemon.core.observed import DomainEvent, Power
-from daemon.core.ownership import Owner, parse_owner
+from daemon.core.ownership import Owner
 from daemon.core.spec import Domain, Network, VirtType
 from daemon.errors import HypervisorError
 from tests.conftest import TEST_URI
@@ -37,7 +37,7 @@ def rendered(name: str = "c1", memory: int = 128, **spec):
 
 
 def owner_of(d) -> Owner:
-    return parse_owner(d.tree)
+    return d.owner
 
 
 class Outside:

@@ -15,14 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from daemon.app import Daemon

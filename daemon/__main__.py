@@ -38,6 +38,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _count(value: str) -> int:
+    number = int(_number(int, value))
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
 def _positive_float(value: str) -> float:
     number = _number(float, value)
     if not 0 < number < float("inf"):
@@ -77,6 +84,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--virt-type", default="auto", choices=["auto", "kvm", "qemu"],
                      help="domain type when a domain does not say (auto: kvm if libvirt offers it)")
     run.add_argument("--workers", type=_positive_int, default=d.workers)
+    run.add_argument("--start-concurrency", type=_count, default=d.start_concurrency, metavar="N",
+                     help="guests started at once, at most (0, the default: as many as --workers); "
+                          "cap it on hosts whose storage or CPUs a boot storm overloads")
     run.add_argument("--build-command", default=None,
                      help="image build command, {path} is the NixOS configuration (default: %s)"
                           % shlex.join(d.build_command))
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         from . import logs
-        logs.configure(getattr(args, "log_level", "warning"))
+        logs.configure(getattr(args, "log_level", "warning"), cache=True)
         from . import commands, purge
         handler = {"run": commands.cmd_run, "check": commands.cmd_check, "schema": commands.cmd_schema,
                    "plan": commands.cmd_plan, "status": commands.cmd_status, "reload": commands.cmd_reload,

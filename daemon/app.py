@@ -76,7 +76,8 @@ class Daemon:
         self.expectations = Expectations()
         declared_networks = lambda: self.config.desired.networks if self.config.desired else ()  # noqa: E731
         kinds = [DomainKind(self.hv, self.images, self.expectations, images_dir=settings.images_dir,
-                            state_dir=settings.state_dir, declared_networks=declared_networks),
+                            state_dir=settings.state_dir, declared_networks=declared_networks,
+                            start_concurrency=settings.start_concurrency),
                  NetworkKind(self.hv)]
         self.pipeline = Pipeline(kinds, self.config, self.status, wake=self.queue.add,
                                  connection_lost=self.link.lost)

@@ -47,6 +47,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         build_command=tuple(shlex.split(args.build_command)) if getattr(args, "build_command", None) else d.build_command,
         build_jobs=getattr(args, "build_jobs", d.build_jobs),
         build_timeout=getattr(args, "build_timeout", d.build_timeout),
+        start_concurrency=getattr(args, "start_concurrency", d.start_concurrency),
         resync_interval=getattr(args, "resync_interval", d.resync_interval),
         watch=not getattr(args, "no_watch", False),
         trust_checks=not getattr(args, "no_trust_checks", False),

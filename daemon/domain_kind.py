@@ -9,6 +9,7 @@ adapter call, through a typed mapping from action to operation.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import Callable, Collection
@@ -47,8 +48,11 @@ class DomainKind:
     plan = staticmethod(plan_domain)
 
     def __init__(self, hv: HypervisorLike, images: Images, expectations: Expectations, *, images_dir: str,
-                 state_dir: str, declared_networks: Callable[[], Collection[str]]) -> None:
+                 state_dir: str, declared_networks: Callable[[], Collection[str]], start_concurrency: int = 0) -> None:
         self.hv = hv
+        # a boot storm's cap: a batch that starts a guest waits for a slot (the rest of the
+        # pipeline, and domains that need no start, go on meanwhile)
+        self.start_slots = asyncio.Semaphore(start_concurrency) if start_concurrency > 0 else None
         self.images = images
         self.expectations = expectations
         self.images_dir = images_dir
@@ -100,7 +104,12 @@ class DomainKind:
             self.expectations.expect(key, *events)
             try:
                 if batch[0].kind in LIBVIRT_ACTS:
-                    await self.hv.apply(name, [self._op(name, a, desired, obs.domain) for a in batch])
+                    ops = [self._op(name, a, desired, obs.domain) for a in batch]
+                    if self.start_slots is not None and any(a.kind == Act.start for a in batch):
+                        async with self.start_slots:
+                            await self.hv.apply(name, ops)
+                    else:
+                        await self.hv.apply(name, ops)
                 else:
                     await self._image(name, batch[0], desired)
             except BaseException:

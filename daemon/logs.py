@@ -19,8 +19,10 @@ from .runtime import journal
 AUTO = "auto"
 
 
-def configure(level: str = "info", *, json: bool | None = None, stream=None, journal_socket: str | None = AUTO) -> None:
-    """journal_socket: AUTO (when stderr is systemd's journal stream), a path, or None."""
+def configure(level: str = "info", *, json: bool | None = None, stream=None, journal_socket: str | None = AUTO,
+              cache: bool = False) -> None:
+    """journal_socket: AUTO (when stderr is systemd's journal stream), a path, or None.
+    cache: each module's logger is built once (the CLI; tests reconfigure, so they do not)."""
     stream = stream or sys.stderr
     if journal_socket == AUTO:
         journal_socket = journal.socket_for(stream)
@@ -42,5 +44,5 @@ def configure(level: str = "info", *, json: bool | None = None, stream=None, jou
         processors=processors + [last],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=factory,
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )

@@ -153,6 +153,8 @@ in
     uri = opt types.str "qemu:///system" "libvirt URI nvirtd manages.";
     instance = opt types.str "default"
       "Which nvirtd owns the VMs it defines; another instance's VMs on the same libvirt are never touched.";
+    startConcurrency = opt types.ints.unsigned 0
+      "Guests started at once, at most (0: as many as nvirtd's workers). Cap it where a boot storm overloads the storage or CPUs.";
     extraArgs = opt (types.listOf types.str) [ ] "Extra arguments for `nvirtd run`.";
     domains = opt (types.attrsOf (types.submodule domainModule)) { } "VMs, as in /etc/nvirt.d/*.json.";
     networks = opt (types.attrsOf (types.submodule networkModule)) { } "libvirt networks.";
@@ -172,7 +174,8 @@ in
       path = [ config.nix.package pkgs.nixos-generators pkgs.qemu_kvm pkgs.iproute2 ];
       serviceConfig = {
         Type = "notify-reload";
-        ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri "--instance" cfg.instance ] ++ cfg.extraArgs);
+        ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri "--instance" cfg.instance
+          "--start-concurrency" (toString cfg.startConcurrency) ] ++ cfg.extraArgs);
         NotifyAccess = "main";
         WatchdogSec = "30s";
         Restart = "on-failure";

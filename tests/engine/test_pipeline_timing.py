@@ -35,6 +35,8 @@ class TimedFake(FakeHypervisor):
         self.refuse_starts = 0  # this many starts fail as libvirt would refuse them
         self.refuse_network_starts = 0
         self.dies_after_start: float | None = None  # the guest crashes this long after each start
+        self.start_takes = 0.0  # virtual seconds a start takes (QEMU setting up a guest)
+        self.starting = self.most_starting = 0
 
     async def apply(self, name: str, ops: list[DomainOp]) -> None:
         for op in ops:
@@ -42,8 +44,14 @@ class TimedFake(FakeHypervisor):
             if isinstance(op, Start) and self.refuse_starts:
                 self.refuse_starts -= 1
                 raise HypervisorError("internal error: qemu unexpectedly closed the monitor")
+        starts = any(isinstance(op, Start) for op in ops)
+        if starts and self.start_takes:
+            self.starting += 1
+            self.most_starting = max(self.most_starting, self.starting)
+            await asyncio.sleep(self.start_takes)
+            self.starting -= 1
         await super().apply(name, ops)
-        if any(isinstance(op, Start) for op in ops) and self.dies_after_start is not None:
+        if starts and self.dies_after_start is not None:
             asyncio.get_running_loop().call_later(self.dies_after_start, self.oob_destroy, name)
 
     async def start_network(self, name: str, xml: str | None = None) -> None:
@@ -60,7 +68,7 @@ class TimedFake(FakeHypervisor):
 class VirtualDaemon:
     """One daemon process on its own virtual loop; `at(t)` runs it until virtual time t."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **settings: object) -> None:
         self.clock = VirtualClock()
         self.clock.install()
         self.loop = VirtualLoop(self.clock)
@@ -71,7 +79,7 @@ class VirtualDaemon:
         self.hv = TimedFake(self.clock)
         self.daemon = Daemon(Settings(uri="fake:///", config_dir=str(self.config), state_dir=str(root / "state"),
                                       images_dir=str(root / "images"), watch=False, trust_checks=False,
-                                      resync_interval=3600.0), hypervisor=self.hv)
+                                      resync_interval=3600.0, **settings), hypervisor=self.hv)
         self.task: asyncio.Task | None = None
 
     def write(self, data: dict) -> None:
@@ -186,3 +194,20 @@ def test_a_removal_held_by_a_broken_file_goes_ahead_once_that_file_is_gone(vd):
     vd.reload()
     vd.at(20)
     assert vd.hv._by_name("old") is None, "removed once no broken file may declare it"
+
+
+@pytest.mark.parametrize("cap,most,done_at", [(0, 6, 2.0), (2, 2, 6.0), (1, 1, 12.0)])
+def test_start_concurrency_caps_the_guests_starting_at_once(tmp_path, cap, most, done_at):
+    """Six guests whose start takes 2 s: all at once without a cap, two by two with 2."""
+    vd = VirtualDaemon(tmp_path, start_concurrency=cap)
+    try:
+        vd.hv.start_takes = 2.0
+        vd.write({"domains": {f"vm{i}": domain() for i in range(6)}})
+        vd.start()
+        vd.at(30)
+        assert vd.hv.most_starting == most
+        assert max(d.power.active for d in vd.hv.domains.values()) and all(
+            vd.entry(f"vm{i}").phase == "running" for i in range(6))
+        assert max(t for t, op, _ in vd.hv.log if op == "start") + 2.0 == pytest.approx(done_at)
+    finally:
+        vd.close()

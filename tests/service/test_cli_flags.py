@@ -48,6 +48,7 @@ ROWS = [
     (RUN + STATE + ("--log-level", "debug"), 0, '"event": "reconciled"', "stderr"),
     (RUN + STATE + ("--log-level", "error"), 0, "", "quiet"),
     (RUN + STATE + ("--workers", "1"), 0, "web", "running"),
+    (RUN + STATE + ("--start-concurrency", "1"), 0, "web", "running"),
     (RUN + STATE + ("--build-jobs", "1"), 0, "web", "running"),
     (RUN + STATE + ("--resync-interval", "0.5"), 0, '"event": "resync_queued"', "stderr"),
     (RUN + STATE + ("--no-watch",), 0, "web", "running"),

@@ -68,10 +68,12 @@ class Pipeline:
         self.passes += 1
         record = self.records.get(key, Record())
         done: list[Action] = []
-        plan, wanted, disks, failure = Plan(), None, None, None
+        plan: Plan | None = None
+        wanted, disks, failure = None, None, None
         try:
-            wanted, obs, plan = await self.look(key)
-            disks = await self.kinds[key.kind].execute(key.name, wanted.obj, obs, plan, done)
+            wanted, obs, planned = await self.look(key)
+            plan = planned
+            disks = await self.kinds[key.kind].execute(key.name, wanted.obj, obs, planned, done)
         except Exception as exc:  # noqa: BLE001 - every failure is a fact for fold; bugs are logged as such
             failure = self._failure(key, exc)
         outcome = Outcome(plan=plan, done=tuple(done), failure=failure, disks=disks)
@@ -84,7 +86,7 @@ class Pipeline:
         else:
             self.records[key] = folded
             self._render(key, folded, wanted)
-        if failure is None:
+        if failure is None and plan is not None:
             for other in plan.wake:
                 self.wake(other)
         return after
@@ -115,6 +117,7 @@ class Pipeline:
             log.log(level, "reconcile_failed", **{key.kind.value: key.name}, error=failure.message,
                     done=[str(a) for a in outcome.done], retry_in=after, ms=ms)
             return
+        assert plan is not None
         log.log(
             20 if plan.actions else 10, "reconciled", **{key.kind.value: key.name}, phase=plan.phase.value,
             actions=[str(a) for a in plan.actions], conditions=sorted(c.value for c in plan.conditions), ms=ms,

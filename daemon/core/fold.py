@@ -34,7 +34,7 @@ class Outcome:
     """Facts of one pass: the plan it carried out, which of its actions were done (in
     order; a failure stops the rest), and what the overlays look like afterwards."""
 
-    plan: Plan
+    plan: Plan | None  # None: the pass failed before it could plan (the look failed)
     done: tuple[Action, ...] = ()
     failure: Failure | None = None
     disks: dict[str, dict[str, Any]] | None = None  # None: not looked at (kept from before)
@@ -42,6 +42,12 @@ class Outcome:
 
 def fold(record: Record, outcome: Outcome, now: Now) -> Record:
     plan, failure = outcome.plan, outcome.failure
+    if plan is None:  # nothing was looked at, nothing done: the memory stays as it was
+        assert failure is not None
+        if failure.backoff == Backoff.connection:
+            return record
+        return dataclasses.replace(record, phase=Phase.error.value, error=failure.message, message=None,
+                                   failures=record.failures + 1)
     done = {a.kind for a in outcome.done}
     shutdown = plan.shutdown
     if Act.shutdown in done:
@@ -72,6 +78,7 @@ def next_look(record: Record, outcome: Outcome) -> float | None:
     """When to reconcile the key again (None: only when something changes)."""
     failure = outcome.failure
     if failure is None:
+        assert outcome.plan is not None
         return outcome.plan.requeue_after
     count = 1 if failure.backoff == Backoff.connection else max(record.failures, 1)
     return max(backoff.delay(failure.backoff, count), failure.at_least or 0.0)
@@ -79,4 +86,4 @@ def next_look(record: Record, outcome: Outcome) -> float | None:
 
 def forgotten(outcome: Outcome) -> bool:
     """A key whose object is gone (or going: undefined) and no longer declared needs no record."""
-    return outcome.failure is None and outcome.plan.phase == Phase.removed
+    return outcome.failure is None and outcome.plan is not None and outcome.plan.phase == Phase.removed

@@ -3,7 +3,8 @@
     .venv/bin/python -m tests.simulation --schedules 10000 [--seed S] [--jobs N]
 
 Schedule i runs with seed S+i (default S=0), spread over N processes (default: one
-per CPU); each schedule runs on its own, so the split changes no result. A violation prints its seed, the
+per CPU; started fresh, not forked: a process with threads, as a test session has,
+does not fork safely); each schedule runs on its own, so the split changes no result. A violation prints its seed, the
 schedule shrunk to a minimal one that still fails, and the trace of that run; the
 same seed (`--seed N --schedules 1`) reproduces it exactly. The last line reads
 `N schedules, K violations`; the exit code is 1 when K > 0.
@@ -12,25 +13,13 @@ same seed (`--seed N --schedules 1`) reproduces it exactly. The last line reads
 from __future__ import annotations
 
 import argparse
-import logging
-import multiprocessing
 import os
 import sys
 import time
-import warnings
 
-import structlog
-
+from .runner import failures, quiet
 from .schedule import Step, generate
 from .world import run_schedule
-
-
-def quiet() -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 10)
-    # a killed daemon's loop is dropped with its coroutines unfinished, as a killed process's
-    sys.unraisablehook = lambda _unraisable: None
-    warnings.simplefilter("ignore", RuntimeWarning)
 
 
 def shrink(steps: list[Step]) -> list[Step]:
@@ -48,19 +37,6 @@ def shrink(steps: list[Step]) -> list[Step]:
                 i += chunk
         chunk //= 2
     return body + final
-
-
-def _run_seeds(seeds: range) -> list[tuple[int, str]]:
-    return [(seed, failure) for seed in seeds if (failure := run_schedule(generate(seed))) is not None]
-
-
-def failures(first: int, count: int, jobs: int) -> list[tuple[int, str]]:
-    """(seed, failure) of every failing schedule, in seed order."""
-    chunks = [range(s, min(s + 50, first + count)) for s in range(first, first + count, 50)]
-    if jobs <= 1:
-        return [f for chunk in chunks for f in _run_seeds(chunk)]
-    with multiprocessing.get_context("fork").Pool(jobs, initializer=quiet) as pool:
-        return [f for found in pool.imap(_run_seeds, chunks) for f in found]
 
 
 def main(argv: list[str] | None = None) -> int:

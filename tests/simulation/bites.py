@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
+import multiprocessing
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +24,7 @@ from daemon.core import domain_plan, domain_xml, plan
 from daemon.domain_kind import DomainKind
 from daemon.runtime.expectations import Expectations
 
-from .__main__ import quiet
+from .runner import quiet
 from .schedule import generate
 from .world import run_schedule
 
@@ -119,11 +122,22 @@ def _expect_forever(self, *, clock=None, ttl=30.0):
 _real_init = Expectations.__init__
 
 
-def schedules_to_find(defect: str, limit: int) -> int | None:
+def _first_failing(defect: str, seeds: range) -> int | None:
     with {**DEFECTS, **UNFOUND}[defect]():
-        for n, seed in enumerate(range(limit), start=1):
-            if run_schedule(generate(seed)) is not None:
-                return n
+        return next((seed for seed in seeds if run_schedule(generate(seed)) is not None), None)
+
+
+def schedules_to_find(defect: str, limit: int, jobs: int = 1) -> int | None:
+    """How many schedules, from seed 0 on, until one fails with the defect put back (the same
+    count whatever `jobs` is: chunks are looked at in order, each in a process of its own)."""
+    if jobs <= 1:
+        found = _first_failing(defect, range(limit))
+        return None if found is None else found + 1
+    chunks = [range(s, min(s + 100, limit)) for s in range(0, limit, 100)]
+    with multiprocessing.get_context("spawn").Pool(jobs, initializer=quiet) as pool:
+        for found in pool.imap(functools.partial(_first_failing, defect), chunks):
+            if found is not None:
+                return found + 1
     return None
 
 
@@ -134,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     missed = 0
     for defect in [*DEFECTS, *UNFOUND]:
-        found = schedules_to_find(defect, args.limit)
+        found = schedules_to_find(defect, args.limit, jobs=os.cpu_count() or 1)
         missed += found is None and defect in DEFECTS
         print(f"{'found after ' + str(found) + ' schedules' if found else 'NOT found in ' + str(args.limit):>28}: {defect}",
               flush=True)

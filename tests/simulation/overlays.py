@@ -44,13 +44,22 @@ class OverlayWatch:
                 self.violate(f"invariant 2: the base image {data['backing']} of overlay {name} was garbage-collected")
 
 
-def _recreate_asked(overlay: str, texts: dict[str, str]) -> bool:
-    domain = overlay.rsplit("-", 1)[0]
+def declared_specs(domain: str, texts: dict[str, str]) -> list[dict]:
+    """The domain's spec in each of the config texts that parse and declare it."""
+    specs = []
     for text in texts.values():
         try:
-            spec = json.loads(text).get("domains", {}).get(domain) or {}
+            spec = json.loads(text).get("domains", {}).get(domain)
         except (ValueError, AttributeError):
             continue
-        if any((d.get("nix") or {}).get("onImageChange") == "recreate" for d in spec.get("disks", {}).values()):
-            return True
-    return False
+        if spec:
+            specs.append(spec)
+    return specs
+
+
+def recreates(spec: dict) -> bool:
+    return any((d.get("nix") or {}).get("onImageChange") == "recreate" for d in spec.get("disks", {}).values())
+
+
+def _recreate_asked(overlay: str, texts: dict[str, str]) -> bool:
+    return any(recreates(spec) for spec in declared_specs(overlay.rsplit("-", 1)[0], texts))

@@ -39,7 +39,7 @@ from daemon.core.spec import Domain, VirtType
 from daemon.settings import Settings
 
 from .fake_tools import BUILD, FakeTools
-from .overlays import OverlayWatch
+from .overlays import OverlayWatch, declared_specs, recreates
 from .schedule import NAMES, Step, file_text, variant
 from .steps import INSTANCE, EventFaults, FaultSteps
 from .vloop import Deadlock, Livelock, VirtualClock, VirtualLoop
@@ -80,16 +80,8 @@ class SimHypervisor(EventFaults, FakeHypervisor):
 def _stop_asked(name: str, texts: dict[str, str]) -> bool:
     if not any(f'"{name}"' in t for t in texts.values()):
         return True
-    for text in texts.values():
-        try:
-            spec = json.loads(text).get("domains", {}).get(name)
-        except ValueError:
-            continue
-        if spec and (spec.get("state") == "stopped" or spec.get("restartOnChange")):
-            return True
-        if spec and any((d.get("nix") or {}).get("onImageChange") == "recreate" for d in spec.get("disks", {}).values()):
-            return True
-    return False
+    return any(spec.get("state") == "stopped" or spec.get("restartOnChange") or recreates(spec)
+               for spec in declared_specs(name, texts))
 
 
 class World(FaultSteps):

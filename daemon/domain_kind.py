@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from .adapters.hypervisor_protocol import (DefineDomain, Destroy, DomainOp, HypervisorLike, MarkShutdown,
-                                           SetAutostart, SetOwner, Shutdown, Start, Undefine)
+                                           ResizeDisk, SetAutostart, SetOwner, Shutdown, Start, Undefine)
 from .adapters.images import Images
 from .core import identity
 from .core.domain_plan import plan_domain
@@ -40,7 +40,9 @@ _SIMPLE_OPS: dict[Act, Callable[[Action], DomainOp]] = {
     Act.set_autostart: lambda a: SetAutostart(bool(a.value)), Act.start: lambda a: Start(),
     Act.shutdown: lambda a: Shutdown(), Act.destroy: lambda a: Destroy(), Act.undefine: lambda a: Undefine(),
 }
-LIBVIRT_ACTS = frozenset(_SIMPLE_OPS) | {Act.define, Act.set_owner, Act.mark_shutdown}
+LIBVIRT_ACTS = frozenset(_SIMPLE_OPS) | {Act.define, Act.set_owner, Act.mark_shutdown, Act.grow_disk_live}
+# actions after which the disks' report is read again (their files or sizes changed)
+_DISK_CHANGES = {Act.create_overlay, Act.recreate_overlay, Act.grow_overlay, Act.grow_disk_live}
 
 
 class DomainKind:
@@ -69,8 +71,13 @@ class DomainKind:
             declared = self.declared_networks()
             needed = sorted({n.network for n in desired.spec.interfaces.values() if n.network in declared})
             networks = tuple([await self.hv.network_link(n) for n in needed])
-        return DomainObservation(observed, overlays=await self._overlays(name, desired),
-                                 missing_paths=missing_paths(desired), networks=networks)
+        overlays = await self._overlays(name, desired)
+        live_disks = None
+        if observed is not None and observed.power.active and any(
+                ov.wanted_size is not None and ov.wanted_size > ov.virtual_size > 0 for ov in overlays):
+            live_disks = await self.hv.live_disks(name)
+        return DomainObservation(observed, overlays=overlays, missing_paths=missing_paths(desired),
+                                 networks=networks, live_disks=live_disks)
 
     async def _overlays(self, name: str, desired: RenderedDomain) -> tuple[OverlayState, ...]:
         states = []
@@ -87,6 +94,7 @@ class DomainKind:
                 recreate_on_change=bool(disk.nix and disk.nix.on_image_change == "recreate"),
                 rooted=not present or self.images.is_rooted(backing),  # type: ignore[arg-type]
                 actual_size=info.actual_size if info else 0, virtual_size=info.virtual_size if info else 0,
+                wanted_size=disk.nix.size_bytes if disk.nix else None,
             ))
         return tuple(states)
 
@@ -121,7 +129,7 @@ class DomainKind:
                 done.append(action)
             i += len(batch)
         overlays = obs.overlays
-        if desired is not None and any(a.kind in (Act.create_overlay, Act.recreate_overlay) for a in done):
+        if desired is not None and any(a.kind in _DISK_CHANGES for a in done):
             overlays = await self._overlays(name, desired)
         return {ov.disk: {"overlay": ov.overlay, "backing": ov.backing, "actual_size": ov.actual_size,
                           "virtual_size": ov.virtual_size} for ov in overlays if ov.exists}
@@ -136,6 +144,9 @@ class DomainKind:
             # never the persistent owner: its spec hash would hide that the guest runs an older definition
             live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
             return MarkShutdown(dataclasses.replace(live, shutdown_started=clock.wall()))
+        if action.kind == Act.grow_disk_live:
+            assert action.disk is not None and action.size is not None
+            return ResizeDisk(identity.overlay_path(self.images_dir, name, action.disk), action.size)
         assert desired is not None
         owner = desired.owner
         if action.kind == Act.set_owner:
@@ -152,14 +163,19 @@ class DomainKind:
         if action.kind == Act.build_image:
             self.images.request_build(disk.path)
             return
-        assert action.image is not None
         if action.kind == Act.root_image:
+            assert action.image is not None
             await self.images.ensure_root(action.image)
             return
         overlay = identity.overlay_path(self.images_dir, name, action.disk)
+        if action.kind == Act.grow_overlay:
+            assert action.size is not None
+            await self.images.grow_overlay(overlay, action.size, domain=name, disk=action.disk)
+            return
         if action.kind == Act.recreate_overlay:
             self.images.move_aside(overlay, domain=name, disk=action.disk)
         size = disk.nix.size_bytes if disk.nix else None
+        assert action.image is not None
         await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
 
 

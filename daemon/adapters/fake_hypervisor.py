@@ -28,8 +28,8 @@ from ..core.ownership import Owner, fingerprint, owner_element, parse_owner
 from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
 from .fake_hypervisor_networks import FakeNetwork, FakeNetworkOps
-from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, EventSink, MarkShutdown, SetAutostart, SetOwner,
-                                  Shutdown, Start, Undefine)
+from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, EventSink, MarkShutdown, ResizeDisk, SetAutostart,
+                                  SetOwner, Shutdown, Start, Undefine)
 
 
 @dataclass
@@ -81,6 +81,9 @@ class FakeHypervisor(FakeNetworkOps):
         self._looked_nets: dict[str, str] = {}
         self._uuids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the disk images QEMU has open: their sizes (the simulation backs this with its
+        # fake qemu-img's files, so that a live resize shows in `qemu-img info`)
+        self.image_sizes: Any = {}  # path -> bytes: a dict, or the simulation's view of its files
 
     # ---- plumbing -------------------------------------------------------------------
     @property
@@ -222,8 +225,28 @@ class FakeHypervisor(FakeNetworkOps):
                         self.power_off(dom)
                 case Undefine():
                     self._undefine(name)
+                case ResizeDisk(path=path, size=size):
+                    self._grow_live(name, path, size)
                 case _:
                     raise TypeError(f"not a domain operation: {op!r}")
+
+    async def live_disks(self, name: str) -> frozenset[str]:
+        self._call("live_disks")
+        dom = self._looked_at(name)
+        if dom is None or dom.live is None:
+            return frozenset()
+        return frozenset(s.get("file", "") for s in dom.live.findall("./devices/disk/source") if s.get("file"))
+
+    def _grow_live(self, name: str, path: str, size: int) -> None:
+        dom = self._looked_at(name)
+        if dom is None or not dom.power.active or dom.live is None:
+            raise HypervisorError(f"{name} is not running: {path} is grown offline instead")
+        if path not in {s.get("file") for s in dom.live.iter("source")}:
+            raise HypervisorError(f"invalid argument: disk '{path}' was not found in domain {name}")
+        capacity = self.image_sizes[path]
+        if size < capacity:
+            raise HypervisorError(f"refusing to shrink {path} from {capacity} to {size} bytes")
+        self.image_sizes[path] = size
 
     def define(self, xml: str) -> FakeDomain:
         """defineXML: a new persistent domain, or a new definition for an existing one."""

@@ -336,6 +336,13 @@ class Hypervisor(DomainOps, NetworkOps):
             live_owner=live_owner,
         )
 
+    async def live_disks(self, name: str) -> frozenset[str]:
+        """The disk files the running instance of the domain looked at last has open."""
+        def read(dom: Any) -> frozenset[str]:
+            root = ET.fromstring(dom.XMLDesc(0))
+            return frozenset(s.get("file", "") for s in root.findall("./devices/disk/source") if s.get("file"))
+        return await self._run(lambda: self._on_observed(name, read) or frozenset())
+
     async def domains_using_network(self, network: str) -> list[str]:
         def scan() -> list[str]:
             users = []

@@ -19,8 +19,9 @@ import libvirt
 
 from ..core.ownership import NAMESPACE, PREFIX, Owner, fingerprint, owner_xml
 from .hypervisor_handles import through_cached
-from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, MarkShutdown, SetAutostart, SetOwner, Shutdown,
-                                  Start, Undefine)
+from ..errors import HypervisorError
+from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, MarkShutdown, ResizeDisk, SetAutostart, SetOwner,
+                                  Shutdown, Start, Undefine)
 
 T = TypeVar("T")
 _MARK_IS_OPTIONAL = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG,
@@ -45,6 +46,17 @@ def _unless_stopped(call: Callable[[], Any]) -> None:
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
             raise
+
+
+def _grow_live(dom: Any, path: str, size: int) -> None:
+    """blockResize would also shrink: the size the guest has now is read first."""
+    if dom.isActive() != 1:
+        raise HypervisorError(f"{dom.name()} is not running: {path} is grown offline instead")
+    capacity = dom.blockInfo(path)[0]  # (capacity, allocation, physical); an unknown path raises
+    if size < capacity:
+        raise HypervisorError(f"refusing to shrink {path} from {capacity} to {size} bytes")
+    if size > capacity:
+        dom.blockResize(path, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
 
 
 class DomainOps:
@@ -87,6 +99,8 @@ class DomainOps:
                     self._on_observed(name, lambda d: _with_flags_fallback(d.undefineFlags, UNDEFINE_FLAGS),
                                       gone_is_done=True)
                     self._doms.pop(name, None)
+                case ResizeDisk(path=path, size=size):
+                    self._on_observed(name, lambda d: _grow_live(d, path, size))
                 case _:
                     raise TypeError(f"not a domain operation: {op!r}")
 

@@ -76,7 +76,16 @@ class Undefine:
     counter: ClassVar[str] = "undefine"
 
 
-DomainOp = DefineDomain | SetOwner | SetAutostart | Start | MarkShutdown | Shutdown | Destroy | Undefine
+@dataclass(frozen=True, slots=True)
+class ResizeDisk:
+    """Grow the running guest's disk backed by `path` to `size` bytes (blockResize). Refused,
+    before anything changes, when that would shrink it or when no running guest has it."""
+    path: str
+    size: int
+    counter: ClassVar[str] = "resize_disk"
+
+
+DomainOp = DefineDomain | SetOwner | SetAutostart | Start | MarkShutdown | Shutdown | Destroy | Undefine | ResizeDisk
 
 
 @dataclass(slots=True)
@@ -111,6 +120,7 @@ class HypervisorLike(Protocol):
     async def apply(self, name: str, ops: list[DomainOp]) -> None: ...
     async def observe_network(self, name: str) -> ObservedNetwork | None: ...
     async def network_link(self, name: str) -> NetworkLink: ...
+    async def live_disks(self, name: str) -> frozenset[str]: ...
     async def define_network(self, xml: str) -> str: ...
     async def set_network_autostart(self, name: str, on: bool) -> None: ...
     async def start_network(self, name: str, xml: str | None = None) -> None: ...

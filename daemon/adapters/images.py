@@ -3,8 +3,8 @@
 The only module that runs nix and qemu-img (through adapters/proc.py).
 
 Data safety rules kept here:
-- an overlay is created once and never deleted, recreated or rebased by this
-  module, except `move_aside` (rename to a dated name, kept) and `purge`, which
+- an overlay is created once and never deleted, recreated, shrunk or rebased by this
+  module (`grow_overlay` only ever enlarges it in place), except `move_aside` (rename to a dated name, kept) and `purge`, which
   only the explicit `nvirtd purge` command calls;
 - every base image an overlay uses has a GC root under <state>/gcroots before the
   overlay is created, and keeps it while any overlay nvirtd recorded uses it;
@@ -31,6 +31,7 @@ from ..core import backoff
 from ..core.backoff import Backoff
 from ..core.identity import gc_root_name
 from ..core.observed import BuildPhase, BuildState
+from ..core.spec_base import human_bytes
 from ..errors import CommandError, PermanentError
 from ..runtime.atomicfile import atomic_write
 from . import proc
@@ -228,8 +229,8 @@ class Images:
         base = await image_info(image)
         if size is not None and size < base.virtual_size:
             raise PermanentError(
-                f"nix.size of disk {disk} is {_human(size)}, smaller than the image's virtual size "
-                f"{_human(base.virtual_size)}; give at least that much (or omit size to use the image's)")
+                f"nix.size of disk {disk} is {human_bytes(size)}, smaller than the image's virtual size "
+                f"{human_bytes(base.virtual_size)}; give at least that much (or omit size to use the image's)")
         await self.ensure_root(image)
         Path(overlay).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{overlay}.creating"
@@ -247,6 +248,21 @@ class Images:
         os.rename(tmp, overlay)
         log.info("overlay_created", domain=domain, disk=disk, overlay=overlay, backing=image)
         return info
+
+    async def grow_overlay(self, overlay: str, size: int, *, domain: str, disk: str) -> ImageInfo:
+        """Grow the overlay in place to `size` bytes, while no guest has it open (QEMU's write
+        lock makes qemu-img fail otherwise). The same file, its data untouched; never smaller
+        (checked here, and qemu-img itself refuses a shrink without --shrink)."""
+        info = await image_info(overlay)
+        if size < info.virtual_size:
+            raise PermanentError(f"refusing to shrink {overlay} from {human_bytes(info.virtual_size)} to "
+                                 f"{human_bytes(size)}")
+        if size == info.virtual_size:
+            return info
+        await proc.run(["qemu-img", "resize", "-q", "-f", "qcow2", overlay, str(size)], domain=domain)
+        log.info("overlay_grown", domain=domain, disk=disk, overlay=overlay, old_size=info.virtual_size,
+                 new_size=size)
+        return await image_info(overlay)
 
     def move_aside(self, overlay: str, *, domain: str, disk: str) -> str:
         """Rename an overlay to a dated name; it is kept (with its base rooted) until purged.
@@ -282,11 +298,3 @@ class Images:
 
 def _tail_lines(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:g} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return str(size)

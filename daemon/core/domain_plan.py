@@ -12,10 +12,11 @@ from . import backoff
 from .backoff import Backoff
 from .domain_xml import RenderedDomain
 from .keys import network as network_key
-from .observed import BuildPhase, DomainObservation, ObservedDomain, Power
+from .observed import BuildPhase, DomainObservation, ObservedDomain, OverlayState, Power
 from .plan import (MIN_WAIT, MISSING_PATH_RETRY, SHUTDOWN_RESEND_SECONDS, Act, Action, Condition, Phase, Plan,
                    gate)
 from .record import Now, Record, ShutdownProgress, Wanted
+from .spec_base import human_bytes
 
 QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
 # what a missing disk file, share or kernel vetoes: never define or start on a path that is not there
@@ -154,6 +155,13 @@ def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Ph
             if build.phase == BuildPhase.failed:
                 message = message or (f"disk {ov.disk}: evaluating the image failed (the VM keeps its current "
                                       f"image): {build.error}")
+            recreating = any(a.kind == Act.recreate_overlay and a.disk == ov.disk for a in actions)
+            if not recreating:
+                grow, refused = _grow(p, ov)
+                if refused is not None:
+                    blocked, message = Phase.error, refused
+                elif grow is not None:
+                    actions.append(grow)
             continue
         if build.phase == BuildPhase.built:
             if not ov.exists:
@@ -171,6 +179,22 @@ def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Ph
             blocked = Phase.building
             message = f"disk {ov.disk}: building the image"
     return actions, conditions, message, blocked, needs_stop
+
+
+def _grow(p: _Pass, ov: OverlayState) -> tuple[Action | None, str | None]:
+    """Growing the overlay to the declared nix.size: (the action, or why it is refused).
+    Live on a running guest, offline otherwise; never shrinking, never a copy."""
+    wanted, current = ov.wanted_size, ov.virtual_size
+    if wanted is None or not current or wanted == current:
+        return None, None
+    if wanted < current:
+        field = f"{p.desired.source_file}: domains.{p.desired.name}.disks.{ov.disk}.nix.size"
+        return None, (f"{field}: {human_bytes(wanted)} is smaller than the overlay's {human_bytes(current)} "
+                      f"({wanted} < {current} bytes); nvirtd never shrinks a disk, nothing was changed")
+    live_disks = p.obs.live_disks
+    live = (p.observed is not None and p.observed.power.active
+            and (live_disks is None or ov.overlay in live_disks))
+    return Action(Act.grow_disk_live if live else Act.grow_overlay, disk=ov.disk, size=wanted), None
 
 
 def _build_retry(obs: DomainObservation, now: float) -> float | None:

@@ -93,6 +93,7 @@ class OverlayState:
     rooted: bool = True  # the base image has nvirtd's GC root (a base in use must never be collected)
     actual_size: int = 0  # bytes on disk, and the size the guest sees (for the status)
     virtual_size: int = 0
+    wanted_size: int | None = None  # the declared nix.size in bytes; None: whatever it was created with
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,9 @@ class DomainObservation:
     overlays: tuple[OverlayState, ...] = ()
     missing_paths: tuple[str, ...] = ()  # "file: field: path does not exist", for each one missing
     networks: tuple[NetworkLink, ...] = ()  # looked at only when the domain is not running
+    # the disk files the running instance has open; looked at only when a disk is to grow
+    # (None: not looked at): a disk it lacks (added for the next boot) grows offline
+    live_disks: frozenset[str] | None = None
 
     @property
     def owner(self) -> Owner | None:

@@ -54,6 +54,8 @@ class Act(StrEnum):
     root_image = "root-image"  # a GC root for the base image an overlay uses
     create_overlay = "create-overlay"
     recreate_overlay = "recreate-overlay"
+    grow_overlay = "grow-overlay"  # qemu-img resize, while no guest has the overlay open
+    grow_disk_live = "grow-disk-live"  # libvirt's blockResize on the running guest
     define = "define"
     set_owner = "set-owner"  # metadata only: what the owner element records changed, not the XML
     set_autostart = "set-autostart"
@@ -72,6 +74,7 @@ class Action:
     disk: str | None = None  # image actions
     image: str | None = None  # store image for overlay and root actions
     value: bool | None = None  # set-autostart
+    size: int | None = None  # grow actions: the new virtual size in bytes
     updates: tuple[tuple[str, StaticHost], ...] = ()  # update-hosts: ("delete" | "add", host), in order
 
     def __str__(self) -> str:
@@ -79,6 +82,8 @@ class Action:
             adds = sum(1 for command, _ in self.updates if command == "add")
             return f"{self.kind}(+{adds} -{len(self.updates) - adds})"
         extra = self.disk or (str(self.value).lower() if self.value is not None else "")
+        if self.size is not None:
+            extra = f"{extra}, {self.size} bytes"
         return f"{self.kind}({extra})" if extra else str(self.kind)
 
 

@@ -20,6 +20,16 @@ MAC_PATTERN = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
 BRIDGE_PATTERN = r"^[A-Za-z0-9_.:-]{1,15}$"
 
 
+def human_bytes(size: int) -> str:
+    """1073741824 -> "1.0 GiB" (for messages; the exact bytes go in logs and status)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
 def check_name(value: str) -> str:
     if not re.fullmatch(NAME_PATTERN, value):
         raise ValueError(

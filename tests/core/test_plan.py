@@ -43,9 +43,13 @@ def observed(d=D, *, power=Power.running, spec_hash=None, fingerprint="fp", actu
 
 
 def overlay(*, exists=True, backing="/nix/store/aaa-img/nixos.qcow2", present=True, build=BuildState(),
-            recreate=False):
+            recreate=False, size=None, wanted=None):
     return OverlayState(disk="root", overlay="/img/vm-root.qcow2", exists=exists, backing=backing if exists else None,
-                        backing_present=present and exists, build=build, recreate_on_change=recreate)
+                        backing_present=present and exists, build=build, recreate_on_change=recreate,
+                        virtual_size=(size or G20) if exists else 0, wanted_size=wanted)
+
+
+G10, G20, G30 = 10 * 2**30, 20 * 2**30, 30 * 2**30
 
 
 BUILT_A = BuildState(BuildPhase.built, image="/nix/store/aaa-img/nixos.qcow2")
@@ -53,13 +57,14 @@ BUILT_B = BuildState(BuildPhase.built, image="/nix/store/bbb-img/nixos.qcow2")
 
 
 def case(d, obs, *, now=0.0, wall=None, held=False, conflict=False, overlays=(), shutdown=None,
-         start_not_before=0.0, networks_waiting=(), instance="default", missing=()):
+         start_not_before=0.0, networks_waiting=(), instance="default", missing=(), live_disks=None):
     """(wanted, observation, record, now) for plan_domain. A back-off until `start_not_before`
     is the record of a second quick start 5 s before it (the crash-loop row's first wait)."""
     wanted = Wanted("vm", d, "vm.json", held=held, conflict=conflict, instance=instance)
     starts = StartRecord(count=2, last=start_not_before - 5) if start_not_before else None
     links = tuple(NetworkLink(n, active=False, instance=None) for n in networks_waiting)
-    observation = DomainObservation(obs, overlays=overlays, missing_paths=missing, networks=links)
+    observation = DomainObservation(obs, overlays=overlays, missing_paths=missing, networks=links,
+                                    live_disks=live_disks)
     return wanted, observation, Record(shutdown=shutdown, starts=starts), Now(now, now if wall is None else wall)
 
 
@@ -170,6 +175,24 @@ CASES = [
     pytest.param(case(D_NIX, None, now=11, overlays=(overlay(exists=False, build=BuildState(
         BuildPhase.failed, error="boom", retry_at=10)),)), [Act.build_image], Phase.error, set(),
         id="nix-failed-build-retried-after-backoff"),
+    # growing a disk: in place, live on a running guest, never smaller
+    pytest.param(case(D_NIX, observed(D_NIX), now=0, overlays=(overlay(build=BUILT_A, wanted=G30),)),
+                 [Act.grow_disk_live], Phase.running, set(), id="nix-size-raised-grows-live"),
+    pytest.param(case(D_NIX, observed(D_NIX, power=Power.shutoff), now=0,
+                      overlays=(overlay(build=BUILT_A, wanted=G30),)),
+                 [Act.grow_overlay, Act.start], Phase.running, set(), id="nix-size-raised-grows-offline-then-starts"),
+    pytest.param(case(D_NIX, observed(D_NIX), now=0, overlays=(overlay(build=BUILT_A, wanted=G20),)),
+                 [], Phase.running, set(), id="nix-size-reached-nothing"),
+    pytest.param(case(D_NIX, observed(D_NIX, live="old"), now=0, live_disks=frozenset({"/other.qcow2"}),
+                      overlays=(overlay(build=BUILT_A, wanted=G30),)),
+                 [Act.grow_overlay], Phase.running, {Condition.restart_required},
+                 id="nix-disk-the-running-guest-lacks-grows-offline"),
+    pytest.param(case(D_NIX, observed(D_NIX, power=Power.shutoff), now=0,
+                      overlays=(overlay(build=BUILT_A, wanted=G10),)),
+                 [], Phase.error, set(), id="nix-size-lowered-refused-nothing-done"),
+    pytest.param(case(D_NIX_RECREATE, observed(D_NIX_RECREATE, power=Power.shutoff), now=0,
+                      overlays=(overlay(build=BUILT_B, recreate=True, wanted=G30),)),
+                 [Act.recreate_overlay, Act.start], Phase.running, set(), id="nix-recreated-overlay-is-not-grown"),
 ]
 
 
@@ -179,6 +202,14 @@ def test_plan_domain(inputs, actions, phase, conditions):
     assert kinds(plan) == actions
     assert plan.phase == phase
     assert set(plan.conditions) == conditions
+
+
+def test_a_lowered_size_names_the_field_and_both_sizes():
+    plan = plan_domain(*case(D_NIX, observed(D_NIX), now=0, overlays=(overlay(build=BUILT_A, wanted=G10),)))
+    assert plan.message.startswith("vm.json: domains.vm.disks.root.nix.size: 10.0 GiB is smaller than "
+                                   "the overlay's 20.0 GiB")
+    grow = plan_domain(*case(D_NIX, observed(D_NIX), now=0, overlays=(overlay(build=BUILT_A, wanted=G30),)))
+    assert grow.actions[0].size == G30 and grow.actions[0].disk == "root"
 
 
 def test_failed_build_asks_to_be_looked_at_again_when_its_backoff_ends():

@@ -95,3 +95,11 @@ def restart_libvirtd() -> None:
         time.sleep(0.1)
     raise AssertionError("libvirtd did not come back")
 
+
+@pytest.fixture(scope="session")
+def guest() -> Path:
+    """The TCG test guest: a kernel and a busybox initramfs (scripts/make-test-guest)."""
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([str(repo / "scripts" / "make-test-guest")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return Path(out.stdout.strip().splitlines()[-1])

@@ -15,18 +15,11 @@ import libvirt
 import pytest
 
 from daemon.core import identity
-from tests.conftest import REPO, domain, write_json
+from tests.conftest import domain, write_json
 from tests.engine.test_reconcile import wait_for
 from tests.integration.test_system_libvirtd import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="session")
-def guest() -> Path:
-    out = subprocess.run([str(REPO / "scripts" / "make-test-guest")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def booting(guest: Path, cmdline: str = "", **extra) -> dict:

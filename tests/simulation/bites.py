@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from daemon.adapters import proc
 from daemon.adapters.images import Images
 from daemon.configstore import ConfigStore
 from daemon.core import domain_plan, domain_xml, plan
@@ -87,6 +88,18 @@ def _forget_last_good():
     return patched(ConfigStore, "render", render)
 
 
+def _shrink_allowed():
+    """The plan's refusal and the adapter's check gone: a lowered nix.size shrinks the overlay."""
+    def grow(p, ov):
+        if ov.wanted_size is None or not ov.virtual_size or ov.wanted_size == ov.virtual_size:
+            return None, None
+        return plan.Action(plan.Act.grow_overlay, disk=ov.disk, size=ov.wanted_size), None
+
+    async def resize(self, overlay, size, *, domain, disk):
+        await proc.run(["qemu-img", "resize", "--shrink", "-q", "-f", "qcow2", overlay, str(size)])
+    return _both(patched(domain_plan, "_grow", grow), patched(Images, "grow_overlay", resize))
+
+
 @contextlib.contextmanager
 def _both(*patches: Any) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
@@ -107,6 +120,7 @@ DEFECTS = {
     "an overlay is recreated on every image change (onImageChange ignored)": _recreate_by_default,
     "a removal ignores a broken file that may declare the name": _ignore_broken_files,
     "a broken file's last good content is forgotten (its domains are removed)": _forget_last_good,
+    "a lowered nix.size shrinks the overlay (no refusal in the plan or the adapter)": _shrink_allowed,
 }
 # put back too, and not found: the main() below tries them and says so (docs/development.md says why)
 UNFOUND = {

@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from daemon.adapters.proc import Result
@@ -34,6 +35,7 @@ class FakeTools:
         self.create_fails = False  # the next qemu-img create fails half-way
         self._ids = itertools.count(1)
         self.created: list[tuple[str, int]] = []  # (overlay path it was created for, image id)
+        self.in_use: Callable[[str], bool] = lambda path: False  # a running guest has it open (QEMU's lock)
 
     async def run(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
                   timeout: float | None = None, **fields: object) -> Result:
@@ -47,6 +49,8 @@ class FakeTools:
             return Result(self._info(argv[-1]), "")
         if argv[:2] == ["qemu-img", "create"]:
             return self._create(argv)
+        if argv[:2] == ["qemu-img", "resize"]:
+            return self._resize(argv)
         if argv[0] == "nix-store" and "--add-root" in argv:
             store, link = argv[argv.index("--realise") + 1], argv[argv.index("--add-root") + 1]
             if not os.path.exists(store):
@@ -109,6 +113,21 @@ class FakeTools:
                      "backing-filename-format": "qcow2"}
         return json.dumps(info)
 
+    def _resize(self, argv: list[str]) -> Result:
+        path, size = argv[-2], int(argv[-1])
+        if self.in_use(path):
+            raise CommandError(argv, 1, f'qemu-img: Could not open \'{path}\': Failed to get "write" lock\n'
+                                        f"Is another process using the image [{path}]?")
+        data = self.read(path)
+        if size < data["virtual-size"] and "--shrink" not in argv:
+            raise CommandError(argv, 1, "qemu-img: Use the --shrink option to perform a shrink operation.")
+        self.sizes[path] = size
+        return Result("", "")
+
+    @property
+    def sizes(self) -> ImageSizes:
+        return ImageSizes(self)
+
     def _create(self, argv: list[str]) -> Result:
         backing = argv[argv.index("-b") + 1]
         target_at = argv.index("-b") + 2
@@ -125,3 +144,19 @@ class FakeTools:
         image_id = self._write_image(Path(target), size=size or base["virtual-size"], backing=backing)
         self.created.append((target, image_id))
         return Result("", "")
+
+
+class ImageSizes:
+    """The virtual sizes of the simulation's image files, as the fake hypervisor's
+    `image_sizes` sees them: a live resize there shows in `qemu-img info` here."""
+
+    def __init__(self, tools: FakeTools) -> None:
+        self.tools = tools
+
+    def __getitem__(self, path: str) -> int:
+        return int(self.tools.read(path)["virtual-size"])
+
+    def __setitem__(self, path: str, size: int) -> None:
+        data = self.tools.read(path)
+        data["virtual-size"] = size
+        Path(path).write_text(json.dumps(data))

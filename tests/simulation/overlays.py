@@ -3,8 +3,9 @@
 An overlay is the VM's data. Every overlay that ever reached its final name is
 still on disk (at its name, or moved aside to a dated name), unchanged; an
 overlay's name holds a new overlay only where the config the daemon read asked
-for it (`nix.onImageChange: recreate`); and no overlay's base image is gone from
-the nix store (its GC root held while the overlay exists).
+for it (`nix.onImageChange: recreate`); no overlay ever gets smaller (a lowered
+nix.size is refused); and no overlay's base image is gone from the nix store (its GC
+root held while the overlay exists).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class OverlayWatch:
         self.violate = violate
         self.seen: dict[int, str] = {}  # image id -> the overlay name it was created under
         self.at: dict[str, int] = {}  # overlay name -> the id it holds now
+        self.size: dict[int, int] = {}  # image id -> the largest virtual size it had
 
     def check(self, texts: dict[str, str], previous: dict[str, str]) -> None:
         """`texts`: the config the daemon read last; `previous`: the one a pass in flight may act on."""
@@ -29,6 +31,10 @@ class OverlayWatch:
                 continue  # never held data: a crash during create leaves it, the next create replaces it
             data = json.loads(path.read_text())
             found[data["id"]] = (path.name, data)
+            if data["virtual-size"] < self.size.get(data["id"], 0):
+                self.violate(f"invariant 2: overlay {path.name} shrank from {self.size[data['id']]} to "
+                             f"{data['virtual-size']} bytes")
+            self.size[data["id"]] = max(data["virtual-size"], self.size.get(data["id"], 0))
             if path.name.endswith(".qcow2"):
                 held = self.at.get(path.name)
                 asked = _recreate_asked(path.name, texts) or _recreate_asked(path.name, previous)

@@ -30,6 +30,11 @@ VARIANTS = (
     {"memory": {"amount": 128, "unit": "MiB"}, "disks": {"root": {"type": "nix", "path": "{nix}/vm.nix"}}},
     {"memory": {"amount": 128, "unit": "MiB"}, "shutdownTimeout": 20,
      "disks": {"root": {"type": "nix", "path": "{nix}/vm.nix", "nix": {"onImageChange": "recreate"}}}},
+    # a declared size (the base is 2 GiB): going 5 -> 7 -> 8 grows the overlay, 8 -> 7 must be refused
+    {"memory": {"amount": 128, "unit": "MiB"}, "disks": {"root": {"type": "nix", "path": "{nix}/vm.nix",
+                                                                 "nix": {"size": 3}}}},
+    {"memory": {"amount": 128, "unit": "MiB"}, "disks": {"root": {"type": "nix", "path": "{nix}/vm.nix",
+                                                                 "nix": {"size": 4}}}},
 )
 BUILD_MODES = ("ok", "fail", "late", "hang")
 EVENT_MODES = ("normal", "duplicate", "delay", "reorder")

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from daemon.adapters import images, proc
-from daemon.errors import CommandError
+from daemon.adapters.images import Images
+from daemon.errors import CommandError, PermanentError
 from tests.simulation.fake_tools import FakeTools
 
 
@@ -56,3 +57,17 @@ async def test_a_file_that_is_no_image_cannot_be_inspected(tool, tmp_path):
                     "nvirtd only ever inspects files it created)")
     with pytest.raises(CommandError):
         await images.image_info(str(junk))
+
+
+async def test_an_overlay_grows_in_place_and_refuses_to_shrink(tool, tmp_path):
+    overlay = tmp_path / "vm.qcow2"
+    await create(tool, overlay)
+    adapter = Images(state_dir=str(tmp_path / "state"))
+    grown = await adapter.grow_overlay(str(overlay), 96 * 2**20, domain="vm", disk="root")
+    assert grown.virtual_size == 96 * 2**20 and grown.backing == str(tool)
+    with pytest.raises(PermanentError, match="refusing to shrink"):
+        await adapter.grow_overlay(str(overlay), 80 * 2**20, domain="vm", disk="root")
+    # and qemu-img itself, should the adapter's own check ever be bypassed
+    with pytest.raises(CommandError, match="--shrink"):
+        await proc.run(["qemu-img", "resize", "-q", "-f", "qcow2", str(overlay), str(80 * 2**20)])
+    assert (await images.image_info(str(overlay))).virtual_size == 96 * 2**20

@@ -104,6 +104,10 @@ class World(FaultSteps):
         self.store = self.root / "store"
         self.store.mkdir()
         self.tools = FakeTools(self.store, self.root / "state" / "gcroots")
+        self.hv.image_sizes = self.tools.sizes  # a live resize changes the file qemu-img reads
+        self.tools.in_use = lambda path: any(
+            d.live is not None and path in {s.get("file") for s in d.live.iter("source")}
+            for d in self.hv.domains.values())
         self.overlays = OverlayWatch(self.root / "images", self.violate)
         self.disk_full_until = -1.0
         self.read_texts: dict[str, str] = {}  # the config as the daemon last read it
@@ -300,6 +304,8 @@ class World(FaultSteps):
                 continue
             spec = variant(wanted[name], str(self.nix_dir))
             expected = render_domain(name, Domain.model_validate(spec), ctx, source_file="final.json")
+            if self._shrink_refused(name, expected):
+                continue
             want_power = Power.shutoff if spec.get("state") == "stopped" else Power.running
             if (dom is None or not self._ours(dom) or dom.config is None
                     or dom.config_owner.spec_hash != expected.spec_hash or dom.power != want_power
@@ -308,6 +314,21 @@ class World(FaultSteps):
                                                    dom.config_owner.spec_hash if dom.config_owner else None)
                 raise Violation(f"invariant 3: {name!r} did not converge: {state}, wanted {want_power}, "
                                 f"{expected.spec_hash}")
+
+
+    def _shrink_refused(self, name: str, expected: Any) -> bool:
+        """An overlay kept from before (a removed domain's stays) is larger than the size
+        declared now: nvirtd must refuse, say so, and change nothing (so not converge)."""
+        overlay = Path(self.settings.images_dir) / f"{name}-root.qcow2"
+        disk = expected.spec.disks.get("root")
+        wanted = disk.nix.size_bytes if disk is not None and disk.nix else None
+        if wanted is None or not overlay.exists() or self.tools.read(str(overlay))["virtual-size"] <= wanted:
+            return False
+        entry = self.daemon.status.entries.get(("domain", name)) if self.daemon else None
+        if entry is None or entry.phase != "error" or "nix.size" not in (entry.error or ""):
+            raise Violation(f"invariant 3: {name!r}: nix.size is below its overlay's size and the status does not "
+                            f"say so ({entry.phase if entry else None}: {entry.error if entry else None})")
+        return True
 
 
 def run_schedule(steps: list[Step]) -> str | None:

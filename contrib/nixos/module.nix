@@ -36,7 +36,7 @@ let
   # schema: NixImage
   nixImageModule = {
     options = {
-      size = opt (nullOr types.ints.positive) null "Virtual size of the overlay; default: the base image's.";
+      size = opt (nullOr types.ints.positive) null "Virtual size of the overlay; default: the base image's. Raising it grows the overlay in place (live while the guest runs); lowering it is refused.";
       unit = opt (types.enum [ "K" "M" "G" "T" ]) "G" "Unit of size.";
       onImageChange = opt (types.enum [ "keep" "recreate" ]) "keep" "Keep the overlay on the old base, or recreate it.";
     };

@@ -153,7 +153,8 @@ class Driver(Model):
 
 class NixImage(Model):
     size: int | None = Field(
-        None, ge=1, description="Virtual size of the overlay; default: the base image's size."
+        None, ge=1, description="Virtual size of the overlay; default: the base image's size. Raising it grows "
+        "the overlay in place (live while the guest runs); lowering it is refused."
     )
     unit: SizeUnit = Field(strict=False, default=SizeUnit.G, description="Unit of `size`.")
     on_image_change: ImageChangePolicy = Field(

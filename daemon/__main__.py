@@ -1,4 +1,5 @@
-"""nvirtd's command line: run | check | plan | status | reload | schema | reference | purge.
+"""nvirtd's command line: run | check | plan | status | reload | schema | reference |
+snapshot | gc | purge.
 
 Every subcommand behaves like a Unix tool: errors are one line on stderr with a
 non-zero exit, `nvirtd status | head` ends quietly, Ctrl-C exits 130 without a
@@ -52,6 +53,14 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _duration(value: str) -> float | None:
+    from .adapters.image_gc import parse_duration
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _common(p: argparse.ArgumentParser, *, connect: bool = True) -> None:
     d = Settings()
     if connect:
@@ -93,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--build-jobs", type=_positive_int, default=d.build_jobs)
     run.add_argument("--build-timeout", type=_positive_float, default=d.build_timeout, metavar="SECONDS",
                      help="stop a nix build that runs longer, and retry it with backoff (default: %(default)gs)")
+    run.add_argument("--image-retention", type=_duration, default=d.image_retention, metavar="DURATION",
+                     help="a base image no overlay uses loses its GC root after this long "
+                          "(default 7d; 12h, 30m, 0, or never)")
     run.add_argument("--resync-interval", type=_positive_float, default=d.resync_interval, metavar="SECONDS")
     run.add_argument("--no-watch", action="store_true", help="do not watch the directory (reload on SIGHUP only)")
     run.add_argument("--no-trust-checks", action="store_true",
@@ -120,6 +132,23 @@ def parser() -> argparse.ArgumentParser:
     _state_of(rl)
     rl.add_argument("--timeout", type=_positive_float, default=60.0)
 
+    gc = sub.add_parser("gc", help="drop the GC roots of base images no overlay uses (then nix-collect-garbage)")
+    _common(gc, connect=False)
+    gc.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    gc.add_argument("--older-than", type=_duration, default=d.image_retention, metavar="DURATION",
+                    help="remove roots unused for this long: 7d (the default), 12h, 30m, 0 or never")
+    gc.add_argument("--json", action="store_true")
+
+    snap = sub.add_parser("snapshot", help="take, list, revert or delete internal snapshots of a VM")
+    _common(snap)
+    snap.add_argument("domain", metavar="NAME")
+    what = snap.add_mutually_exclusive_group()
+    what.add_argument("--name", default=None, metavar="S", help="name of the new snapshot (default nvirtd-UTCTIME)")
+    what.add_argument("--list", action="store_true", help="list the VM's snapshots")
+    what.add_argument("--revert", default=None, metavar="S", help="revert the VM's disks (and memory) to S")
+    what.add_argument("--delete", default=None, metavar="S", help="delete snapshot S")
+    snap.add_argument("--stop", action="store_true", help="with --revert: shut a running VM down first")
+
     purge = sub.add_parser("purge", help="delete the overlays of a domain that is no longer declared")
     _common(purge)
     purge.add_argument("name")
@@ -132,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         from . import logs
         logs.configure(getattr(args, "log_level", "warning"), cache=True)
-        from . import commands, purge
-        handler = {"run": commands.cmd_run, "check": commands.cmd_check, "schema": commands.cmd_schema,
+        from . import commands, gc_command, purge, snapshot_command
+        handler = {"gc": gc_command.cmd_gc, "snapshot": snapshot_command.cmd_snapshot, "run": commands.cmd_run, "check": commands.cmd_check, "schema": commands.cmd_schema,
                    "plan": commands.cmd_plan, "status": commands.cmd_status, "reload": commands.cmd_reload,
                    "purge": purge.cmd_purge, "reference": commands.cmd_reference}[args.command]
         return handler(args)

@@ -25,6 +25,7 @@ import structlog
 
 from .adapters.hypervisor import Hypervisor
 from .adapters.hypervisor_protocol import HypervisorLike
+from .adapters import image_gc
 from .adapters.images import Images
 from .configstore import ConfigStore
 from .connection import LibvirtLink
@@ -148,6 +149,28 @@ class Daemon:
             return
         await self._resync_all()
 
+    async def _image_gc_loop(self) -> None:
+        """Roots of bases no overlay uses go after the retention (adapters/image_gc.py)."""
+        wait = min(60.0, self.settings.gc_interval)
+        while not self.stop_event.is_set() and self.settings.image_retention is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), wait)
+            wait = self.settings.gc_interval
+            if self.stop_event.is_set():
+                return
+            try:
+                found = await image_gc.collect(self.images, self.settings.images_dir,
+                                               retention=self.settings.image_retention,
+                                               keep_images=self.images.current_images)
+            except (NvirtdError, OSError) as exc:
+                log.error("image_gc_failed", error=str(exc))
+                self.status.daemon["image_gc"] = {"at": clock.wall(), "error": str(exc)}
+            else:
+                removed = [r.store for r in found if r.removed]
+                self.status.daemon["image_gc"] = {"at": clock.wall(), "roots": len(found), "removed": removed,
+                                                  "error": None}
+            self._status_dirty.set()
+
     async def _resync_loop(self) -> None:
         while not self.stop_event.is_set():
             with contextlib.suppress(TimeoutError):
@@ -249,7 +272,7 @@ class Daemon:
                            for i in range(self.settings.workers)]
                 loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
                     ("reload", self._reload_loop), ("reconnect", lambda: self.link.reconnect_loop(self.stop_event)),
-                    ("resync", self._resync_loop), ("status", self._status_loop),
+                    ("resync", self._resync_loop), ("status", self._status_loop), ("image-gc", self._image_gc_loop),
                     ("watchdog", lambda: self.notifier.watchdog_loop(self.stop_event)),
                     ("ready", self._announce_ready)]
                 helpers = [tg.create_task(self._supervised(name, fn), name=name) for name, fn in loops]

@@ -80,9 +80,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
             return EXIT_OK
 
     async def delete() -> None:
+        bases = images.bases_of(args.name)
         for path in await images.purge(args.name):
             print(f"deleted {path}")
-        for root in await images.prune_roots(set()):
+        for root in await images.prune_roots(settings.images_dir, bases):  # only those no other overlay uses
             print(f"dropped GC root {root}")
 
     asyncio.run(delete())

@@ -23,6 +23,9 @@ class Settings:
     build_jobs: int = 2
     build_timeout: float = 4 * 3600.0  # a nix build running longer is stopped and retried with backoff
     resync_interval: float = 600.0
+    # a base image no overlay uses loses its GC root after this long (None: never); see image_gc.py
+    image_retention: float | None = 7 * 86400.0
+    gc_interval: float = 3600.0  # how often roots are looked at (and once a minute after start)
     watch: bool = True
     debounce: float = 0.2
     drain_timeout: float = 3.0  # in-flight reconciles at SIGTERM; the whole stop stays under 5 s

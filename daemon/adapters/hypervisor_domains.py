@@ -26,7 +26,10 @@ from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, MarkShutdown,
 T = TypeVar("T")
 _MARK_IS_OPTIONAL = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG,
                      libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_UNSUPPORTED)
-UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)
+# a domain with snapshots: libvirt drops their metadata only; the snapshots themselves stay
+# inside the overlay, which is kept (qemu-img snapshot -l lists them)
+UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)
+                  | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 
 
 def _with_flags_fallback(call: Callable[[int], Any], flags: int) -> Any:

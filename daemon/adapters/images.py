@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from ..core.observed import BuildPhase, BuildState
 from ..core.spec_base import human_bytes
 from ..errors import CommandError, PermanentError
 from ..runtime.atomicfile import atomic_write
-from . import proc
+from . import image_gc, proc
 
 log = structlog.get_logger("nvirtd.images")
 NIX_STORE = "/nix/store"
@@ -111,7 +111,7 @@ class Images:
         self.build_env = build_env
         self.build_timeout = build_timeout  # a build that never ends is a failure, retried with backoff
         self.store_dir = store_dir or os.environ.get("NIX_STORE_DIR") or NIX_STORE
-        self._store = store_pattern(self.store_dir)
+        self.store = store_pattern(self.store_dir)
         self._jobs = asyncio.Semaphore(jobs)
         self._builds: dict[str, BuildState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -136,6 +136,10 @@ class Images:
                 del self._builds[path]
                 self._failures.pop(path, None)
 
+    def current_images(self) -> set[str]:
+        """The images the builds of this process produced last (kept rooted while declared)."""
+        return {b.image for b in self._builds.values() if b.image}
+
     @property
     def building(self) -> int:
         return len(self._tasks)
@@ -156,8 +160,9 @@ class Images:
                 except TimeoutError:
                     raise PermanentError(f"the build did not finish within {self.build_timeout:g}s") from None
                 image = find_image(parse_build_output(result.stdout, self.store_dir))
-                await self.ensure_root(image)
-            self._builds[path] = BuildState(BuildPhase.built, image=image)
+                async with image_gc.roots_lock(self.roots_dir.parent):  # rooted and known as built at once
+                    await self.ensure_root(image)
+                    self._builds[path] = BuildState(BuildPhase.built, image=image)
             self._failures.pop(path, None)
             log.info("image_built", config=path, image=image, seconds=round(clock.monotonic() - started, 2))
         except (CommandError, PermanentError, OSError) as exc:
@@ -173,9 +178,12 @@ class Images:
         self.on_built(path)
 
     # ---- GC roots -------------------------------------------------------------------
+    def root_of(self, image: str) -> str:
+        return store_root(image, self.store_dir)
+
     def is_rooted(self, image: str) -> bool:
         """Whether the store path holding `image` has nvirtd's GC root (no I/O beyond a stat)."""
-        if not self._store.match(image):
+        if not self.store.match(image):
             return True  # not a store path: nothing would collect it
         store = store_root(image, self.store_dir)
         link = self.roots_dir / gc_root_name(store)
@@ -192,19 +200,10 @@ class Images:
         log.info("gc_root_added", root=str(link), store_path=store)
         return link
 
-    async def prune_roots(self, keep_images: set[str]) -> list[str]:
-        """Drop roots of store paths that no recorded overlay and no current build uses."""
-        keep = {store_root(i, self.store_dir) for i in keep_images if self._store.match(i)}
-        keep |= {store_root(o["backing"], self.store_dir) for o in self.registry().values()
-                 if o.get("backing") and self._store.match(o["backing"]) and os.path.exists(o["overlay"])}
-        removed = []
-        if self.roots_dir.is_dir():
-            for link in self.roots_dir.iterdir():
-                if link.is_symlink() and os.readlink(link) not in keep:
-                    link.unlink()
-                    removed.append(str(link))
-                    log.info("gc_root_removed", root=str(link))
-        return removed
+    async def prune_roots(self, images_dir: str, stores: Collection[str]) -> list[str]:
+        """Drop the roots of these store paths if no overlay uses them now (see image_gc.py)."""
+        found = await image_gc.collect(self, images_dir, retention=0.0, only=set(stores))
+        return [r.link for r in found if r.removed]
 
     # ---- overlays -------------------------------------------------------------------
     def registry(self) -> dict[str, dict[str, str]]:
@@ -231,6 +230,11 @@ class Images:
             raise PermanentError(
                 f"nix.size of disk {disk} is {human_bytes(size)}, smaller than the image's virtual size "
                 f"{human_bytes(base.virtual_size)}; give at least that much (or omit size to use the image's)")
+        async with image_gc.roots_lock(self.roots_dir.parent):  # no collection between rooting and recording
+            return await self._create_rooted(overlay, image, base, size=size, domain=domain, disk=disk)
+
+    async def _create_rooted(self, overlay: str, image: str, base: ImageInfo, *, size: int | None, domain: str,
+                             disk: str) -> ImageInfo:
         await self.ensure_root(image)
         Path(overlay).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{overlay}.creating"
@@ -279,6 +283,11 @@ class Images:
         os.unlink(overlay)
         log.warning("overlay_moved_aside", domain=domain, disk=disk, overlay=overlay, kept_as=kept)
         return kept
+
+    def bases_of(self, domain: str) -> set[str]:
+        """The store paths the overlays recorded for `domain` are backed by."""
+        return {self.root_of(e["backing"]) for e in self.registry().values()
+                if e.get("domain") == domain and e.get("backing") and self.store.match(e["backing"])}
 
     async def purge(self, domain: str) -> list[str]:
         """Delete every overlay recorded for `domain` (explicit `nvirtd purge` only)."""

@@ -129,7 +129,7 @@ async def test_move_aside_keeps_the_old_overlay_and_its_base_rooted(images, tmp_
     kept = images.move_aside(overlay, domain="vm", disk="root")
     assert os.path.exists(kept) and not os.path.exists(overlay)
     assert ".replaced-" in kept
-    assert await images.prune_roots(set()) == []  # the kept overlay still needs its base
+    assert await images.prune_roots(str(tmp_path), images.bases_of("vm")) == []  # the kept one needs its base
     collect_garbage()
     assert (await image_info(kept)).backing == image and os.path.exists(image)
 
@@ -141,9 +141,10 @@ async def test_purge_deletes_only_that_domains_overlays_then_roots_can_go(images
     b = str(tmp_path / "b-root.qcow2")
     await images.create_overlay(a, img_a, size=None, domain="a", disk="root")
     await images.create_overlay(b, img_b, size=None, domain="b", disk="root")
+    bases = images.bases_of("a") | images.bases_of("b")
     assert await images.purge("a") == [a]
     assert not os.path.exists(a) and os.path.exists(b)
-    removed = await images.prune_roots(set())
+    removed = await images.prune_roots(str(tmp_path), bases)
     assert [Path(r).name for r in removed] == [Path(store_root(img_a)).name]
     collect_garbage()
     assert os.path.exists(img_b) and not os.path.exists(img_a)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from daemon.adapters import proc
+from daemon.adapters import image_gc, proc
 from daemon.adapters.images import Images
 from daemon.configstore import ConfigStore
 from daemon.core import domain_plan, domain_xml, plan
@@ -88,6 +88,19 @@ def _forget_last_good():
     return patched(ConfigStore, "render", render)
 
 
+def _gc_ignores_moved_aside():
+    real = image_gc._users
+
+    async def users(images, images_dir, keep):
+        found = await real(images, images_dir, keep)
+        aside = {e["backing"] for o, e in images.registry().items() if ".replaced-" in o and e.get("backing")}
+        aside_stores = {images.root_of(b) for b in aside}
+        live = {images.root_of(e["backing"]) for o, e in images.registry().items()
+                if ".replaced-" not in o and e.get("backing") and os.path.exists(o)}
+        return {s: u for s, u in found.items() if s not in aside_stores or s in live}
+    return patched(image_gc, "_users", users)
+
+
 def _shrink_allowed():
     """The plan's refusal and the adapter's check gone: a lowered nix.size shrinks the overlay."""
     def grow(p, ov):
@@ -121,6 +134,7 @@ DEFECTS = {
     "a removal ignores a broken file that may declare the name": _ignore_broken_files,
     "a broken file's last good content is forgotten (its domains are removed)": _forget_last_good,
     "a lowered nix.size shrinks the overlay (no refusal in the plan or the adapter)": _shrink_allowed,
+    "the image collector drops the base of an overlay moved aside": _gc_ignores_moved_aside,
 }
 # put back too, and not found: the main() below tries them and says so (docs/development.md says why)
 UNFOUND = {

@@ -97,7 +97,7 @@ class World(FaultSteps):
         self.settings = Settings(uri="fake:///", config_dir=str(self.config), state_dir=str(self.root / "state"),
                                  images_dir=str(self.root / "images"), workers=4, watch=False, trust_checks=False,
                                  resync_interval=3600.0, virt_type=VirtType.kvm, build_command=(BUILD, "{path}"),
-                                 build_timeout=100.0)
+                                 build_timeout=100.0, image_retention=0.0, gc_interval=60.0)
         self.nix_dir = self.root / "nix"
         self.nix_dir.mkdir()
         (self.nix_dir / "vm.nix").write_text("{ ... }: { services.sshd.enable = true; }\n")

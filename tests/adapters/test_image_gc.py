@@ -15,10 +15,14 @@ import pytest
 
 from daemon.adapters import image_gc
 from daemon.adapters.images import image_info, store_root
-from tests.adapters.test_images import built, collect_garbage, images, nix_config  # noqa: F401 (fixture)
+from tests.adapters import test_images
+from tests.adapters.test_images import built, collect_garbage, nix_config
 from tests.conftest import REPO, have, nix_env
 
 pytestmark = [pytest.mark.nix, pytest.mark.skipif(not have("nix-build"), reason="nix-build not installed")]
+
+
+images = pytest.fixture(test_images.images.__wrapped__)  # the same fixture: Images on the real nix
 
 
 def age(link: str, seconds: float) -> None:

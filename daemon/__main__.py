@@ -1,5 +1,5 @@
 """nvirtd's command line: run | check | plan | status | reload | schema | reference |
-snapshot | gc | purge.
+snapshot | backup | restore | gc | purge.
 
 Every subcommand behaves like a Unix tool: errors are one line on stderr with a
 non-zero exit, `nvirtd status | head` ends quietly, Ctrl-C exits 130 without a
@@ -149,6 +149,17 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--delete", default=None, metavar="S", help="delete snapshot S")
     snap.add_argument("--stop", action="store_true", help="with --revert: shut a running VM down first")
 
+    backup = sub.add_parser("backup", help="copy a VM's disks into a self-contained backup, also while it runs")
+    _common(backup)
+    backup.add_argument("domain", metavar="NAME")
+    backup.add_argument("--to", default="/var/backups/nvirtd", metavar="DIR",
+                        help="backups go to DIR/NAME/UTC-TIME/ (default %(default)s)")
+    restore = sub.add_parser("restore", help="restore a VM's disks from a backup (current overlays kept aside)")
+    _common(restore)
+    restore.add_argument("domain", metavar="NAME")
+    restore.add_argument("--from", dest="source", required=True, metavar="DIR", help="a backup folder (DIR/NAME/UTC-TIME)")
+    restore.add_argument("--stop", action="store_true", help="shut a running VM down first")
+
     purge = sub.add_parser("purge", help="delete the overlays of a domain that is no longer declared")
     _common(purge)
     purge.add_argument("name")
@@ -161,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         from . import logs
         logs.configure(getattr(args, "log_level", "warning"), cache=True)
-        from . import commands, gc_command, purge, snapshot_command
-        handler = {"gc": gc_command.cmd_gc, "snapshot": snapshot_command.cmd_snapshot, "run": commands.cmd_run, "check": commands.cmd_check, "schema": commands.cmd_schema,
+        from . import backup_command, commands, gc_command, purge, snapshot_command
+        handler = {"gc": gc_command.cmd_gc, "snapshot": snapshot_command.cmd_snapshot,
+                   "backup": backup_command.cmd_backup, "restore": backup_command.cmd_restore, "run": commands.cmd_run, "check": commands.cmd_check, "schema": commands.cmd_schema,
                    "plan": commands.cmd_plan, "status": commands.cmd_status, "reload": commands.cmd_reload,
                    "purge": purge.cmd_purge, "reference": commands.cmd_reference}[args.command]
         return handler(args)

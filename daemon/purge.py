@@ -70,7 +70,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
     print(f"purge {args.name} deletes these files for good:")
     for path in overlays:
         size = os.path.getsize(path) if os.path.exists(path) else None
-        print(f"  {path}" + (f"  ({size / 2**20:.1f} MiB)" if size is not None else "  (already gone)"))
+        inside = asyncio.run(images.snapshots_in(path)) if size is not None else []
+        print(f"  {path}" + (f"  ({size / 2**20:.1f} MiB)" if size is not None else "  (already gone)")
+              + (f", with {len(inside)} snapshot{'s' if len(inside) > 1 else ''} inside: {', '.join(inside)}"
+                 if inside else ""))
     if not args.yes:
         if not sys.stdin.isatty():
             print("run again with --yes to delete them")

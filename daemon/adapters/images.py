@@ -217,6 +217,12 @@ class Images:
         data[overlay] = {"overlay": overlay, **entry}
         atomic_write(self.registry_path, json.dumps(data, indent=2, sort_keys=True))
 
+    @staticmethod
+    async def snapshots_in(path: str) -> list[str]:
+        """The names of the internal snapshots inside a qcow2 image (`nvirtd snapshot` makes them)."""
+        out = (await proc.run(["qemu-img", "info", "-U", "--output=json", path])).stdout
+        return [s.get("name", "") for s in json.loads(out).get("snapshots", [])]
+
     async def inspect(self, overlay: str) -> ImageInfo | None:
         if not os.path.exists(overlay):
             return None
@@ -235,6 +241,8 @@ class Images:
 
     async def _create_rooted(self, overlay: str, image: str, base: ImageInfo, *, size: int | None, domain: str,
                              disk: str) -> ImageInfo:
+        if os.path.exists(overlay):  # a restore, under the same lock, put one there meanwhile
+            raise PermanentError(f"{overlay} already exists; nvirtd never overwrites an overlay")
         await self.ensure_root(image)
         Path(overlay).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{overlay}.creating"
@@ -249,7 +257,10 @@ class Images:
             os.unlink(tmp)
             raise PermanentError(f"qemu-img created {overlay} backed by {info.backing}, expected {image}")
         self._record(overlay, backing=image, domain=domain, disk=disk)
-        os.rename(tmp, overlay)
+        try:
+            os.link(tmp, overlay)  # never onto a name that was taken meanwhile (rename would replace it)
+        finally:
+            os.unlink(tmp)
         log.info("overlay_created", domain=domain, disk=disk, overlay=overlay, backing=image)
         return info
 
@@ -271,12 +282,7 @@ class Images:
     def move_aside(self, overlay: str, *, domain: str, disk: str) -> str:
         """Rename an overlay to a dated name; it is kept (with its base rooted) until purged.
         Never onto an existing name: two recreates within one second keep both overlays."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.wall()))
-        kept = f"{overlay}.replaced-{stamp}"
-        n = 1
-        while os.path.lexists(kept):
-            n += 1
-            kept = f"{overlay}.replaced-{stamp}-{n}"
+        kept = self._aside_name(overlay, "replaced")
         os.link(overlay, kept)  # fails rather than replaces, should the name be taken meanwhile
         entry = self.registry().get(overlay, {})
         self._record(kept, backing=entry.get("backing", ""), domain=domain, disk=disk)
@@ -284,10 +290,36 @@ class Images:
         log.warning("overlay_moved_aside", domain=domain, disk=disk, overlay=overlay, kept_as=kept)
         return kept
 
+    async def swap_in(self, overlay: str, new_file: str, *, backing: str | None, domain: str, disk: str,
+                      reason: str = "restored") -> str | None:
+        """Put `new_file` at the overlay's name; the old overlay, if any, is kept under a dated
+        name (returned) with its base still rooted. The name never points at nothing."""
+        async with image_gc.roots_lock(self.roots_dir.parent):
+            kept = None
+            if os.path.exists(overlay):
+                kept = self._aside_name(overlay, reason)
+                os.link(overlay, kept)
+                old = self.registry().get(overlay, {})
+                self._record(kept, backing=old.get("backing", ""), domain=domain, disk=disk)
+            self._record(overlay, backing=backing or "", domain=domain, disk=disk)
+            os.rename(new_file, overlay)
+        log.warning("overlay_swapped", domain=domain, disk=disk, overlay=overlay, kept_as=kept, reason=reason)
+        return kept
+
     def bases_of(self, domain: str) -> set[str]:
         """The store paths the overlays recorded for `domain` are backed by."""
         return {self.root_of(e["backing"]) for e in self.registry().values()
                 if e.get("domain") == domain and e.get("backing") and self.store.match(e["backing"])}
+
+    @staticmethod
+    def _aside_name(overlay: str, reason: str) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.wall()))
+        kept = f"{overlay}.{reason}-{stamp}"
+        n = 1
+        while os.path.lexists(kept):
+            n += 1
+            kept = f"{overlay}.{reason}-{stamp}-{n}"
+        return kept
 
     async def purge(self, domain: str) -> list[str]:
         """Delete every overlay recorded for `domain` (explicit `nvirtd purge` only)."""

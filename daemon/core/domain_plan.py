@@ -142,7 +142,11 @@ def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Ph
             actions.append(Action(Act.build_image, disk=ov.disk))
         if ov.exists and ov.backing and ov.backing_present and not ov.rooted:
             actions.append(Action(Act.root_image, disk=ov.disk, image=ov.backing))  # a base in use is never GC'd
-        usable = ov.exists and (ov.backing_present or (build.image is not None and build.image == ov.backing))
+        # a standalone overlay (no backing file: restored from a backup on a host without its
+        # base) is a whole disk of its own
+        standalone = ov.exists and ov.backing is None
+        usable = ov.exists and (standalone or ov.backing_present
+                                or (build.image is not None and build.image == ov.backing))
         if usable:
             if build.phase == BuildPhase.built and build.image != ov.backing:
                 if ov.recreate_on_change:
@@ -150,8 +154,9 @@ def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Ph
                     actions.append(Action(Act.recreate_overlay, disk=ov.disk, image=build.image))
                 else:
                     conditions.add(Condition.image_outdated)
-                    message = (f"disk {ov.disk}: the configuration now builds {build.image}; the overlay stays on "
-                               f"{ov.backing} (set nix.onImageChange to recreate, or purge and recreate it)")
+                    on = "is a standalone image (restored)" if standalone else f"stays on {ov.backing}"
+                    message = (f"disk {ov.disk}: the configuration now builds {build.image}; the overlay {on} "
+                               f"(set nix.onImageChange to recreate, or purge and recreate it)")
             if build.phase == BuildPhase.failed:
                 message = message or (f"disk {ov.disk}: evaluating the image failed (the VM keeps its current "
                                       f"image): {build.error}")

@@ -175,6 +175,9 @@ CASES = [
     pytest.param(case(D_NIX, None, now=11, overlays=(overlay(exists=False, build=BuildState(
         BuildPhase.failed, error="boom", retry_at=10)),)), [Act.build_image], Phase.error, set(),
         id="nix-failed-build-retried-after-backoff"),
+    pytest.param(case(D_NIX, observed(D_NIX, power=Power.shutoff), now=0,
+                      overlays=(overlay(backing=None, present=False, build=BUILT_A),)),
+                 [Act.start], Phase.running, {Condition.image_outdated}, id="nix-restored-standalone-overlay-starts"),
     # growing a disk: in place, live on a running guest, never smaller
     pytest.param(case(D_NIX, observed(D_NIX), now=0, overlays=(overlay(build=BUILT_A, wanted=G30),)),
                  [Act.grow_disk_live], Phase.running, set(), id="nix-size-raised-grows-live"),

@@ -26,7 +26,7 @@ def _remove_domain(dom) -> None:
     with contextlib.suppress(libvirt.libvirtError):
         dom.destroy()
     with contextlib.suppress(libvirt.libvirtError):
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 
 
 def cleanup(conn) -> None:

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 
+from daemon.adapters.images import Images
 from tests.adapters.test_images import build_command, nix_config
 from tests.conftest import REPO, domain, have, nix_env, write_json
 from tests.engine.test_reconcile import wait_for
@@ -80,6 +81,7 @@ async def test_a_stopped_vms_snapshot_reverts_its_disk_and_is_no_drift(dirs, nix
         out = snapshot(nix_settings, "nvt-snap", *bad)
         assert out.returncode == 1 and says in out.stderr, out.stderr
     assert holds(overlay, 0x11)
+    assert await Images.snapshots_in(overlay) == ["before"]  # what `nvirtd purge` lists
     deleted = snapshot(nix_settings, "nvt-snap", "--delete", "before")
     assert deleted.returncode == 0 and "has no snapshots" in snapshot(nix_settings, "nvt-snap", "--list").stdout
     other = snapshot(replace(nix_settings, instance="someone-else"), "nvt-snap", "--name", "x")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from daemon.adapters import image_gc, proc
@@ -162,11 +162,16 @@ def schedules_to_find(defect: str, limit: int, jobs: int = 1) -> int | None:
         found = _first_failing(defect, range(limit))
         return None if found is None else found + 1
     chunks = [range(s, min(s + 100, limit)) for s in range(0, limit, 100)]
-    with multiprocessing.get_context("spawn").Pool(jobs, initializer=quiet) as pool:
-        for found in pool.imap(functools.partial(_first_failing, defect), chunks):
+    # not multiprocessing.Pool: leaving it early (terminate) hangs on workers waiting for work
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=quiet)
+    try:
+        for future in [pool.submit(_first_failing, defect, chunk) for chunk in chunks]:
+            found = future.result()
             if found is not None:
                 return found + 1
-    return None
+        return None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:

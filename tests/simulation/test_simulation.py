@@ -31,7 +31,7 @@ def test_two_thousand_schedules_hold_every_invariant():
 @pytest.mark.parametrize("defect", list(DEFECTS))
 def test_the_simulator_finds_a_reintroduced_defect(defect):
     # a broken file's domains are also held by their owner element's file: rarer to see
-    limit = 2000 if "last good" in defect else 400
+    limit = 4000 if "last good" in defect else 400
     assert schedules_to_find(defect, limit) is not None
 
 

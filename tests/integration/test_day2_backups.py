@@ -1,0 +1,129 @@
+"""Backups that restore, on the real libvirtd: the TCG guest writes a mark, is backed up
+while it runs (libvirt push backup), overwrites the mark, and after `nvirtd restore`
+boots from the restored overlay and reads the mark again. The backup is self-contained
+(no backing file); the overwritten overlay is kept aside, never deleted."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from tests.adapters.test_images import build_command, nix_config
+from tests.conftest import REPO, domain, have, nix_env, write_json
+from tests.engine.test_reconcile import wait_for
+from tests.integration.conftest import SYSTEM_URI
+from tests.integration.test_boot_and_network import booting, console
+from tests.integration.test_system_libvirtd import running
+
+pytestmark = [pytest.mark.integration, pytest.mark.nix, pytest.mark.slow,
+              pytest.mark.skipif(not have("nix-build"), reason="nix-build not installed")]
+
+
+@pytest.fixture
+def nix_settings(system_settings, tmp_path, monkeypatch):
+    for key, value in nix_env().items():
+        monkeypatch.setenv(key, value)
+    return replace(system_settings, build_command=build_command(tmp_path / "builds.log"))
+
+
+def nvirtd(settings, *args: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "daemon", *args, "-c", SYSTEM_URI, "--instance", settings.instance,
+            "--config-dir", settings.config_dir, "--state-dir", settings.state_dir]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=180)
+
+
+def first_line(image: str, tmp_path) -> bytes:
+    out = tmp_path / "head"
+    subprocess.run(["qemu-img", "dd", "-U", "-f", "qcow2", "-O", "raw", "bs=512", "count=1", f"if={image}",
+                    f"of={out}"], check=True, capture_output=True)
+    return out.read_bytes().split(b"\n")[0]
+
+
+async def test_a_running_vm_is_backed_up_and_restored_with_its_data(dirs, nix_settings, start_daemon,
+                                                                    system_conn, guest, tmp_path):
+    disks = {"root": {"type": "nix", "path": nix_config(tmp_path, "bk")}}
+    writes = booting(guest, "nvirtd.disk nvirtd.write=BACKMEUP nvirtd.wait", disks=disks, restartOnChange=True)
+    write_json(dirs["config"] / "a.json", {"domains": {"nvt-bk": writes}})
+    d = await start_daemon(nix_settings)
+    await wait_for(lambda: "NVIRTD-DISK-DATA BACKMEUP" in console(dirs["state"], "nvt-bk"), 120, "the mark")
+    target = str(tmp_path / "backups")
+
+    done = nvirtd(nix_settings, "backup", "nvt-bk", "--to", target)
+    assert done.returncode == 0, done.stderr
+    assert "crash-consistent" in done.stdout and "backing up nvt-bk: 100%" in done.stdout
+    [backup] = glob.glob(f"{target}/nvt-bk/*Z")
+    manifest = json.loads(open(f"{backup}/manifest.json").read())
+    assert manifest["domain"] == "nvt-bk" and manifest["self_contained"] and list(manifest["disks"]) == ["vda"]
+    info = subprocess.run(["qemu-img", "info", f"{backup}/vda.qcow2"], capture_output=True, text=True).stdout
+    assert "backing file" not in info  # flattened: restores where the base never was
+    assert first_line(f"{backup}/vda.qcow2", tmp_path) == b"BACKMEUP"
+
+    # the guest overwrites its mark, then is to boot without writing
+    write_json(dirs["config"] / "a.json", {"domains": {"nvt-bk": booting(
+        guest, "nvirtd.disk nvirtd.write=OTHER nvirtd.wait", disks=disks, restartOnChange=True)}})
+    await d.reload()
+    await wait_for(lambda: "NVIRTD-DISK-WROTE OTHER" in console(dirs["state"], "nvt-bk"), 120, "OTHER written")
+    write_json(dirs["config"] / "a.json", {"domains": {"nvt-bk": booting(guest, "nvirtd.disk nvirtd.wait",
+                                                                          disks=disks)}})
+    await d.reload()
+    overlay = f"{nix_settings.images_dir}/nvt-bk-root.qcow2"
+
+    refused = nvirtd(nix_settings, "restore", "nvt-bk", "--from", backup)
+    assert refused.returncode == 1 and "pass --stop" in refused.stderr and running(system_conn, "nvt-bk")
+    restored = nvirtd(nix_settings, "restore", "nvt-bk", "--from", backup, "--stop")
+    assert restored.returncode == 0, restored.stderr
+    assert "on its base /nix/store/" in restored.stdout  # thin again: only what differs from the base
+    [kept] = glob.glob(f"{overlay}.restored-*")
+    assert first_line(kept, tmp_path) == b"OTHER" and first_line(overlay, tmp_path) == b"BACKMEUP"
+    base = subprocess.run(["qemu-img", "info", "-U", overlay], capture_output=True, text=True).stdout
+    assert "backing file: /nix/store/" in base
+    await wait_for(lambda: console(dirs["state"], "nvt-bk").rstrip().endswith("NVIRTD-DISK-DATA BACKMEUP"), 120,
+                   "the guest to boot from the restored disk and read its mark")
+    await d.settle()
+    assert d.entry("nvt-bk").phase == "running"
+
+
+async def test_bad_backup_and_restore_input_changes_nothing(dirs, nix_settings, start_daemon, system_conn,
+                                                            tmp_path):
+    disks = {"root": {"type": "nix", "path": nix_config(tmp_path, "bkbad")}}
+    write_json(dirs["config"] / "a.json", {"domains": {"nvt-bkbad": domain(96, virtType="qemu", state="stopped",
+                                                                           disks=disks)}})
+    d = await start_daemon(nix_settings)
+    overlay = f"{nix_settings.images_dir}/nvt-bkbad-root.qcow2"
+    await wait_for(lambda: os.path.exists(overlay), 60, "the overlay")
+    await d.settle()
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", overlay], check=True, capture_output=True)
+    calls = d.hv.mutation_count
+
+    unwritable = nvirtd(nix_settings, "backup", "nvt-bkbad", "--to", "/proc/nvirtd-backups")
+    assert unwritable.returncode == 1 and "cannot write backups to /proc/nvirtd-backups" in unwritable.stderr
+    target = str(tmp_path / "b")
+    done = nvirtd(nix_settings, "backup", "nvt-bkbad", "--to", target)
+    assert done.returncode == 0 and "clean (the VM was stopped)" in done.stdout, done.stderr
+    [backup] = glob.glob(f"{target}/nvt-bkbad/*Z")
+
+    other = tmp_path / "other"
+    shutil.copytree(backup, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "domain": "nvt-elsewhere"}))
+    wrong_vm = nvirtd(nix_settings, "restore", "nvt-bkbad", "--from", str(other))
+    assert wrong_vm.returncode == 1 and "is a backup of 'nvt-elsewhere', not of 'nvt-bkbad'" in wrong_vm.stderr
+
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with open(other / "vda.qcow2", "r+b") as f:  # one flipped byte in the copy
+        f.seek(os.path.getsize(other / "vda.qcow2") - 1)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([last[0] ^ 0xFF]))
+    corrupt = nvirtd(nix_settings, "restore", "nvt-bkbad", "--from", str(other))
+    assert corrupt.returncode == 1 and "does not match its checksum" in corrupt.stderr
+    assert not glob.glob(f"{overlay}.*")  # nothing kept aside, nothing half-made: nothing changed
+    await d.settle()
+    assert d.hv.mutation_count == calls and not running(system_conn, "nvt-bkbad")

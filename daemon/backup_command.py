@@ -46,7 +46,7 @@ def _progress(name: str):
 
     def show(done: int, total: int) -> None:
         pct = int(100 * done / total) if total else 0
-        if pct >= shown[0] + 10 or sys.stdout.isatty():
+        if shown[0] != 100 and (pct >= shown[0] + 10 or pct == 100 or sys.stdout.isatty()):
             end = "\r" if sys.stdout.isatty() else "\n"
             print(f"backing up {name}: {pct}% ({human_bytes(done)} of {human_bytes(total)})", end=end, flush=True)
             shown[0] = pct

@@ -155,6 +155,8 @@ in
       "Which nvirtd owns the VMs it defines; another instance's VMs on the same libvirt are never touched.";
     startConcurrency = opt types.ints.unsigned 0
       "Guests started at once, at most (0: as many as nvirtd's workers). Cap it where a boot storm overloads the storage or CPUs.";
+    imageRetention = opt types.str "7d"
+      "How long a base image no overlay uses keeps its GC root (12h, 30m, 0, or never); `nix-collect-garbage` then frees it.";
     extraArgs = opt (types.listOf types.str) [ ] "Extra arguments for `nvirtd run`.";
     domains = opt (types.attrsOf (types.submodule domainModule)) { } "VMs, as in /etc/nvirt.d/*.json.";
     networks = opt (types.attrsOf (types.submodule networkModule)) { } "libvirt networks.";
@@ -175,7 +177,7 @@ in
       serviceConfig = {
         Type = "notify-reload";
         ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri "--instance" cfg.instance
-          "--start-concurrency" (toString cfg.startConcurrency) ] ++ cfg.extraArgs);
+          "--start-concurrency" (toString cfg.startConcurrency) "--image-retention" cfg.imageRetention ] ++ cfg.extraArgs);
         NotifyAccess = "main";
         WatchdogSec = "30s";
         Restart = "on-failure";

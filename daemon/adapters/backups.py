@@ -98,6 +98,8 @@ def push_backup(dom: Any, targets: dict[str, str], *, before_begin: Callable[[],
     stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
     if not stats.get("success", stats.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED):
         raise HypervisorError(f"the backup of {dom.name()} failed: {stats.get('errmsg', 'libvirt gave no reason')}")
+    total = int(stats.get("disk_total", 0))
+    progress(total, total)
 
 
 async def copy_flat(source: str, fmt: str, target: str) -> None:

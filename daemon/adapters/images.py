@@ -296,10 +296,11 @@ class Images:
         name (returned) with its base still rooted. The name never points at nothing."""
         async with image_gc.roots_lock(self.roots_dir.parent):
             kept = None
+            old = self.registry().get(overlay, {})
+            disk = old.get("disk", disk)  # the config's name of the disk, when nvirtd made it
             if os.path.exists(overlay):
                 kept = self._aside_name(overlay, reason)
                 os.link(overlay, kept)
-                old = self.registry().get(overlay, {})
                 self._record(kept, backing=old.get("backing", ""), domain=domain, disk=disk)
             self._record(overlay, backing=backing or "", domain=domain, disk=disk)
             os.rename(new_file, overlay)

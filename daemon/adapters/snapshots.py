@@ -38,6 +38,7 @@ class SnapshotInfo:
 
 def open_domain(uri: str, name: str) -> tuple[Any, Any, Owner | None]:
     """(connection, domain, its owner) or PermanentError when there is no such domain."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors come as exceptions, not on stderr
     conn = libvirt.open(uri)
     try:
         dom = conn.lookupByName(name)

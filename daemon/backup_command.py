@@ -3,7 +3,7 @@
 A backup is a folder DIR/NAME/UTC-TIME/ with one flattened qcow2 per disk and a
 manifest.json (what, when, how consistent, checksums); it is written as
 UTC-TIME.partial and renamed when complete, so a failed backup never looks like a good
-one. adapters/backups.py says how each part is done and why it is self-contained.
+one. adapters/hypervisor_backups.py says how each part is done and why it is self-contained.
 A restore goes onto a domain of this instance only, from a backup of that domain only;
 the current overlays are kept aside (never deleted), and a running VM is refused
 unless --stop.
@@ -32,7 +32,7 @@ def _fail(verb: str, message: str) -> int:
 
 
 def _owned(uri: str, name: str, instance: str):
-    from .adapters import snapshots
+    from .adapters import hypervisor_snapshots as snapshots
     conn, dom, owner = snapshots.open_domain(uri, name)
     if owner is None or owner.owned_by != instance:
         conn.close()
@@ -54,7 +54,7 @@ def _progress(name: str):
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from .adapters import backups
+    from .adapters import hypervisor_backups as backups
 
     settings = settings_from(args)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -117,7 +117,7 @@ def _read_manifest(folder: str, name: str) -> dict:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .adapters import backups, snapshots
+    from .adapters import hypervisor_backups as backups, hypervisor_snapshots as snapshots
     from .adapters.images import Images, image_info
 
     settings = settings_from(args)

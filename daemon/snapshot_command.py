@@ -1,6 +1,6 @@
 """`nvirtd snapshot NAME [--name S | --list | --revert S [--stop] | --delete S]`.
 
-Internal snapshots inside the VM's qcow2 overlays (adapters/snapshots.py says why), of
+Internal snapshots inside the VM's qcow2 overlays (adapters/hypervisor_snapshots.py says why), of
 domains this nvirtd instance owns only. Reverting a running VM is refused unless
 --stop, which shuts it down gracefully first (its shutdownTimeout, then destroy); the
 daemon starts it again afterwards if the config says running. A revert also brings
@@ -24,7 +24,7 @@ def _when(wall: float) -> str:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from .adapters import snapshots
+    from .adapters import hypervisor_snapshots as snapshots
 
     settings = settings_from(args)
     for given in (args.name, args.revert, args.delete):
@@ -54,7 +54,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def _act(args: argparse.Namespace, dom, timeout: int) -> int:
-    from .adapters import snapshots
+    from .adapters import hypervisor_snapshots as snapshots
 
     name = args.domain
     if args.list:

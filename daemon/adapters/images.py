@@ -300,8 +300,10 @@ class Images:
             disk = old.get("disk", disk)  # the config's name of the disk, when nvirtd made it
             if os.path.exists(overlay):
                 kept = self._aside_name(overlay, reason)
+                # what backs it, from the file itself when nvirtd did not record it (GC reads this)
+                was = old.get("backing") or (await image_info(overlay)).backing or ""
                 os.link(overlay, kept)
-                self._record(kept, backing=old.get("backing", ""), domain=domain, disk=disk)
+                self._record(kept, backing=was, domain=domain, disk=disk)
             self._record(overlay, backing=backing or "", domain=domain, disk=disk)
             os.rename(new_file, overlay)
         log.warning("overlay_swapped", domain=domain, disk=disk, overlay=overlay, kept_as=kept, reason=reason)

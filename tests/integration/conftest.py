@@ -103,3 +103,13 @@ def guest() -> Path:
     out = subprocess.run([str(repo / "scripts" / "make-test-guest")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def nix_settings(system_settings, tmp_path, monkeypatch):
+    """The real libvirtd, with nix disks built by the test image builder (real nix)."""
+    from tests.adapters.test_images import build_command
+    from tests.conftest import nix_env
+    for key, value in nix_env().items():
+        monkeypatch.setenv(key, value)
+    return replace(system_settings, build_command=build_command(tmp_path / "builds.log"))

@@ -11,12 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 
-from tests.adapters.test_images import build_command, nix_config
-from tests.conftest import REPO, domain, have, nix_env, write_json
+from tests.adapters.test_images import nix_config
+from tests.conftest import REPO, domain, have, write_json
 from tests.engine.test_reconcile import wait_for
 from tests.integration.conftest import SYSTEM_URI
 from tests.integration.test_boot_and_network import booting, console
@@ -24,13 +23,6 @@ from tests.integration.test_system_libvirtd import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.nix, pytest.mark.slow,
               pytest.mark.skipif(not have("nix-build"), reason="nix-build not installed")]
-
-
-@pytest.fixture
-def nix_settings(system_settings, tmp_path, monkeypatch):
-    for key, value in nix_env().items():
-        monkeypatch.setenv(key, value)
-    return replace(system_settings, build_command=build_command(tmp_path / "builds.log"))
 
 
 def nvirtd(settings, *args: str) -> subprocess.CompletedProcess:

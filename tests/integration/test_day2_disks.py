@@ -7,14 +7,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from daemon.adapters.images import image_info
-from tests.adapters.test_images import build_command, nix_config
-from tests.conftest import domain, have, nix_env, write_json
+from tests.adapters.test_images import nix_config
+from tests.conftest import domain, have, write_json
 from tests.engine.test_reconcile import wait_for
 from tests.integration.test_boot_and_network import booting, console
 from tests.integration.test_system_libvirtd import running
@@ -22,13 +21,6 @@ from tests.integration.test_system_libvirtd import running
 pytestmark = [pytest.mark.integration, pytest.mark.nix, pytest.mark.slow,
               pytest.mark.skipif(not have("nix-build"), reason="nix-build not installed")]
 GIB = 2**30
-
-
-@pytest.fixture
-def nix_settings(system_settings, tmp_path, monkeypatch):
-    for key, value in nix_env().items():
-        monkeypatch.setenv(key, value)
-    return replace(system_settings, build_command=build_command(tmp_path / "builds.log"))
 
 
 def nix_disk(cfg: str, gib: int) -> dict:

@@ -54,7 +54,7 @@ def _positive_float(value: str) -> float:
 
 
 def _duration(value: str) -> float | None:
-    from .adapters.image_gc import parse_duration
+    from .core.spec_base import parse_duration
     try:
         return parse_duration(value)
     except ValueError as exc:

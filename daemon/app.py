@@ -27,6 +27,7 @@ from .adapters.hypervisor import Hypervisor
 from .adapters.hypervisor_protocol import HypervisorLike
 from .adapters import image_gc
 from .adapters.images import Images
+from .backup_schedule import BackupScheduler
 from .configstore import ConfigStore
 from .connection import LibvirtLink
 from .core.domain_xml import RenderContext
@@ -69,6 +70,9 @@ class Daemon:
         self._status_dirty = asyncio.Event()
         self.status.on_dirty = self._status_dirty.set
         self.config = ConfigStore(settings, self.status)
+        self.backups = BackupScheduler(
+            uri=settings.uri, instance=settings.instance, report=self._report_backups, defined=self._is_defined,
+            domains=lambda: self.config.desired.domains if self.config.desired is not None else {})
         self.images = Images(state_dir=settings.state_dir, build_command=settings.build_command,
                              jobs=settings.build_jobs, on_built=self._build_finished, build_env=build_env,
                              build_timeout=settings.build_timeout)
@@ -106,6 +110,7 @@ class Daemon:
             for key in keys:
                 self.queue.add(key)
             self.reloads.begin(started, result.errors, keys)
+            self.backups.wake()  # a schedule may have been added or changed
 
     def _build_finished(self, config_path: str) -> None:
         for key in self.config.waiting_on_build(config_path):
@@ -148,6 +153,14 @@ class Daemon:
                      instance=self.settings.instance)
             return
         await self._resync_all()
+
+    def _is_defined(self, name: str) -> bool:
+        entry = self.status.entries.get(("domain", name))
+        return entry is not None and entry.phase in ("running", "stopped", "defined", "stopping")
+
+    def _report_backups(self, state: dict[str, Any]) -> None:
+        self.status.daemon["backups"] = state
+        self._status_dirty.set()
 
     async def _image_gc_loop(self) -> None:
         """Roots of bases no overlay uses go after the retention (adapters/image_gc.py)."""
@@ -228,6 +241,7 @@ class Daemon:
             log.info("daemon_stopping")
             self.notifier.stopping()
             self.stop_event.set()
+            self.backups.wake()
 
     def fail(self, why: str) -> None:
         """A bug escaped a task: stop (VMs untouched) and exit non-zero."""
@@ -273,6 +287,7 @@ class Daemon:
                 loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
                     ("reload", self._reload_loop), ("reconnect", lambda: self.link.reconnect_loop(self.stop_event)),
                     ("resync", self._resync_loop), ("status", self._status_loop), ("image-gc", self._image_gc_loop),
+                    ("backups", lambda: self.backups.loop(self.stop_event, self.ready)),
                     ("watchdog", lambda: self.notifier.watchdog_loop(self.stop_event)),
                     ("ready", self._announce_ready)]
                 helpers = [tg.create_task(self._supervised(name, fn), name=name) for name, fn in loops]

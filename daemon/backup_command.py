@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 
 from .cliargs import EXIT_ERROR, EXIT_OK, settings_from
 from .core.spec_base import human_bytes
@@ -53,21 +54,20 @@ def _progress(name: str):
     return show
 
 
-def cmd_backup(args: argparse.Namespace) -> int:
+def take_backup(uri: str, name: str, instance: str, to: str,
+                progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[str, dict, float]:
+    """One backup of `name` into TO/NAME/UTC-TIME: (its folder, the manifest, seconds).
+    Blocking (libvirt and qemu-img): the daemon runs it in a thread."""
     from .adapters import hypervisor_backups as backups
 
-    settings = settings_from(args)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    folder = os.path.join(args.to, args.domain)
+    folder = os.path.join(to, name)
     partial, final = os.path.join(folder, f"{stamp}.partial"), os.path.join(folder, stamp)
-    try:
-        conn, dom, owner = _owned(settings.uri, args.domain, settings.instance)
-    except NvirtdError as exc:
-        return _fail("backup", str(exc))
+    conn, dom, owner = _owned(uri, name, instance)
     try:
         disks = backups.writable_disks(dom)
         if not disks:
-            return _fail("backup", f"{args.domain} has no disk to back up")
+            raise PermanentError(f"{name} has no disk to back up")
         backups.check_writable(partial)
         started = time.monotonic()
         files = {d.target: os.path.join(partial, f"{d.target}.qcow2") for d in disks}
@@ -75,16 +75,15 @@ def cmd_backup(args: argparse.Namespace) -> int:
             frozen: list[bool] = []
             backups.push_backup(dom, files, before_begin=lambda: frozen.append(backups.freeze(dom)),
                                 after_begin=lambda: backups.thaw(dom) if frozen and frozen[0] else None,
-                                progress=_progress(args.domain))
+                                progress=progress)
             consistency = "filesystems frozen by the guest agent" if frozen and frozen[0] else \
                 "crash-consistent (no guest agent answered: as if the power had been cut)"
             method = "libvirt push backup of the running VM"
         else:
             for d in disks:
-                print(f"copying {d.path}...", flush=True)
                 asyncio.run(backups.copy_flat(d.path, d.format, files[d.target]))
             consistency, method = "clean (the VM was stopped)", "qemu-img convert of the stopped VM"
-        manifest = {"format": 1, "domain": args.domain, "uuid": dom.UUIDString(), "created": stamp,
+        manifest = {"format": 1, "domain": name, "uuid": dom.UUIDString(), "created": stamp,
                     "consistency": consistency, "method": method, "self_contained": True,
                     "spec_hash": owner.spec_hash, "config_file": owner.file,
                     "disks": {d.target: {"file": os.path.basename(files[d.target]), "source": d.path,
@@ -93,14 +92,45 @@ def cmd_backup(args: argparse.Namespace) -> int:
         with open(os.path.join(partial, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
         os.rename(partial, final)
-    except (NvirtdError, OSError) as exc:
+        return final, manifest, time.monotonic() - started
+    except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # never half a backup that looks whole
-        return _fail("backup", f"{args.domain}: {exc}; nothing was kept of this backup")
+        raise
     finally:
         conn.close()
+
+
+def complete_backups(to: str, name: str) -> list[str]:
+    """The whole backups of `name` (folders with a manifest, no .partial), oldest first."""
+    folder = os.path.join(to, name)
+    try:
+        found = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(folder, f) for f in found
+            if not f.endswith(".partial") and os.path.isfile(os.path.join(folder, f, MANIFEST))]
+
+
+def prune_backups(to: str, name: str, keep: int) -> list[str]:
+    """Delete the oldest whole backups beyond `keep`; the newest is never deleted."""
+    whole = complete_backups(to, name)
+    going = whole[:max(0, len(whole) - max(1, keep))]
+    for path in going:
+        shutil.rmtree(path)
+    return going
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    try:
+        final, manifest, seconds = take_backup(settings.uri, args.domain, settings.instance, args.to,
+                                               _progress(args.domain))
+    except (NvirtdError, OSError) as exc:
+        return _fail("backup", f"{args.domain}: {exc}; nothing was kept of this backup")
     total = sum(d["bytes"] for d in manifest["disks"].values())
-    print(f"backed up {args.domain} to {final} ({human_bytes(total)}, {len(disks)} disk"
-          f"{'s' if len(disks) > 1 else ''}, {time.monotonic() - started:.1f} s): {consistency}")
+    count = len(manifest["disks"])
+    print(f"backed up {args.domain} to {final} ({human_bytes(total)}, {count} disk{'s' if count > 1 else ''}, "
+          f"{seconds:.1f} s): {manifest['consistency']}")
     return EXIT_OK
 
 

@@ -175,8 +175,23 @@ def render_table(data: dict[str, Any]) -> str:
             done = e.get("last_actions") or []
             detail = e.get("error") or e.get("message") or (f"last did: {', '.join(done)}" if done else "")
             lines.append(f"{e['name']:<24} {e['phase']:<10} {','.join(e['conditions']) or '-':<28} {since:<20} {detail}")
+    backups = (data.get("daemon") or {}).get("backups") or {}
+    if backups:
+        lines.append("")
+        lines.append("backups:")
+        for name, b in sorted(backups.items()):
+            lines.append(f"  {name:<22} {_backup_line(b)}")
     if data.get("config_errors"):
         lines.append("")
         lines.append("config errors:")
         lines.extend(f"  {err}" for err in data["config_errors"])
     return "\n".join(lines)
+
+
+def _backup_line(b: dict[str, Any]) -> str:
+    if b.get("phase") == "backing-up":
+        return f"backing-up {b.get('progress') or 0}%"
+    if b.get("phase") == "failed":
+        return f"failed (retry in {b.get('retry_in', 0):.0f} s): {b.get('error')}"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(b["next_at"])) if b.get("next_at") else "?"
+    return f"last {b.get('last')} ({b.get('kept')} kept, {b.get('consistency')}); next {when}"

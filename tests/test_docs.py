@@ -70,7 +70,8 @@ def test_nixos_module_options_follow_the_schema():
     text = (REPO / "contrib" / "nixos" / "module.nix").read_text()
     blocks = re.findall(r"# schema: (\w+)\n(.*?)# end schema", text, re.S)
     schema = ConfigFile.model_json_schema(by_alias=True)
-    assert {name for name, _ in blocks} == {"Boot", "NixImage", "Disk", "Interface", "Share", "Domain", "Network"}
+    assert {name for name, _ in blocks} == {"Boot", "NixImage", "Disk", "Interface", "Share", "BackupSchedule",
+                                            "Domain", "Network"}
     for model, body in blocks:
         names = set(re.findall(r"^\s*([\w.]+) = (?:opt|req)\b", body, re.M))
         declared = {n for n in names if not n.startswith("options.")}

@@ -79,6 +79,16 @@ let
   };
   # end schema
 
+  # schema: BackupSchedule
+  backupModule = {
+    options = {
+      every = opt types.str "daily" "How often: hourly, daily, weekly, or a duration (12h, 30m).";
+      keep = opt types.ints.positive 7 "Backups kept; the newest complete one is never deleted.";
+      to = opt types.str "/var/backups/nvirtd" "Backups go to TO/NAME/UTC-TIME/.";
+    };
+  };
+  # end schema
+
   # schema: Domain
   domainModule = {
     options = {
@@ -98,6 +108,7 @@ let
       disks = opt (types.attrsOf (types.submodule diskModule)) { } "Disks by name.";
       interfaces = opt (types.attrsOf (types.submodule interfaceModule)) { } "NICs by name.";
       shares = opt (types.attrsOf (types.submodule shareModule)) { } "Shared folders by mount tag.";
+      backup = opt (nullOr (types.submodule backupModule)) null "Scheduled backups with retention.";
     };
   };
   # end schema

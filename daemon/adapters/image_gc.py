@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
@@ -39,21 +38,6 @@ if TYPE_CHECKING:
     from .images import Images
 
 log = structlog.get_logger("nvirtd.images")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> float | None:
-    """"7d", "12h", "30m", "90" (seconds), "0" (as soon as unused); "never": None."""
-    text = text.strip()
-    if text == "never":
-        return None
-    match = _DURATION.fullmatch(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration (like 7d, 12h, 30m, 0 or never)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
 @contextlib.asynccontextmanager
 async def roots_lock(state_dir: str | Path) -> AsyncIterator[None]:
     """An exclusive flock, waited for without blocking the event loop."""

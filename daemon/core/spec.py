@@ -18,8 +18,8 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 
 from .network_spec import ForwardMode, Network
-from .spec_base import (BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, TARGET_PATTERN, AbsPath, IPv4, IPv6, Model,
-                        Name)
+from .spec_base import (BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, NAMED_INTERVALS, TARGET_PATTERN, AbsPath, IPv4,
+                        IPv6, Model, Name, parse_duration)
 
 __all__ = ["ForwardMode", "Network", "IPv4", "IPv6", "Model", "Name", "NAME_PATTERN"]
 
@@ -217,6 +217,27 @@ class Disk(Model):
         return DriverType.raw
 
 
+class BackupSchedule(Model):
+    every: str = Field("daily", description="How often: hourly, daily, weekly, or a duration (12h, 30m).")
+    keep: int = Field(7, ge=1, le=10000, description="Backups kept; the newest complete one is never deleted.")
+    to: AbsPath = Field("/var/backups/nvirtd", description="Backups go to TO/NAME/UTC-TIME/ (as `nvirtd backup`).")
+
+    @property
+    def interval(self) -> float:
+        return NAMED_INTERVALS.get(self.every) or parse_duration(self.every) or 0.0
+
+    @model_validator(mode="after")
+    def _sane_interval(self) -> Self:
+        try:
+            seconds = NAMED_INTERVALS.get(self.every) or parse_duration(self.every)
+        except ValueError as exc:
+            raise ValueError(f"@every: {exc}, or hourly, daily, weekly") from None
+        if seconds is None or seconds < 60:
+            raise ValueError(f"@every: {self.every!r}: backups at most once a minute (and not never: "
+                             "remove `backup` to stop them)")
+        return self
+
+
 class Interface(Model):
     network: Name | None = Field(None, description="A libvirt network (nvirtd's or existing).")
     bridge: Annotated[str, Field(pattern=BRIDGE_PATTERN)] | None = Field(
@@ -266,6 +287,9 @@ class Domain(Model):
     interfaces: dict[Name, Interface] = Field(default_factory=dict, description="NICs by name; MACs derive from it.")
     shares: dict[Name, Share] = Field(
         default_factory=dict, description="Shared folders by mount tag: `mount -t virtiofs TAG /mnt` in the guest."
+    )
+    backup: BackupSchedule | None = Field(
+        None, description="Scheduled backups with retention (not part of the definition: no redefine, no restart)."
     )
 
     @model_validator(mode="after")

@@ -20,6 +20,22 @@ MAC_PATTERN = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
 BRIDGE_PATTERN = r"^[A-Za-z0-9_.:-]{1,15}$"
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+NAMED_INTERVALS = {"hourly": 3600.0, "daily": 86400.0, "weekly": 7 * 86400.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """"7d", "12h", "30m", "90" (seconds), "0"; "never": None."""
+    text = text.strip()
+    if text == "never":
+        return None
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (like 7d, 12h, 30m, 0 or never)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 def human_bytes(size: int) -> str:
     """1073741824 -> "1.0 GiB" (for messages; the exact bytes go in logs and status)."""
     value = float(size)

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from daemon.status import render_table
 from tests.adapters.test_images import nix_config
 from tests.conftest import REPO, domain, have, write_json
 from tests.engine.test_reconcile import wait_for
@@ -119,3 +120,48 @@ async def test_bad_backup_and_restore_input_changes_nothing(dirs, nix_settings, 
     assert not glob.glob(f"{overlay}.*")  # nothing kept aside, nothing half-made: nothing changed
     await d.settle()
     assert d.hv.mutation_count == calls and not running(system_conn, "nvt-bkbad")
+
+
+def old_backup(folder, stamp: str) -> str:
+    """A whole backup of the past (as `nvirtd backup` leaves one): a folder with a manifest."""
+    path = os.path.join(folder, stamp)
+    os.makedirs(path)
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump({"format": 1, "domain": os.path.basename(folder), "created": stamp, "disks": {}}, f)
+    return path
+
+
+async def test_a_scheduled_backup_missed_while_off_runs_at_start_and_keeps_the_newest(dirs, nix_settings,
+                                                                                     start_daemon, system_conn,
+                                                                                     tmp_path):
+    to = str(tmp_path / "scheduled")
+    old = [old_backup(f"{to}/nvt-sched", s) for s in ("20261120T010000Z", "20261121T010000Z", "20261122T010000Z")]
+    os.makedirs(f"{to}/nvt-sched/20261123T010000Z.partial")  # a failed one: never counts, never kept as good
+    disks = {"root": {"type": "nix", "path": nix_config(tmp_path, "sched")}}
+    spec = domain(96, virtType="qemu", shutdownTimeout=1, disks=disks, backup={"every": "daily", "keep": 2, "to": to})
+    write_json(dirs["config"] / "a.json", {"domains": {"nvt-sched": spec}})
+    d = await start_daemon(nix_settings)
+    await wait_for(lambda: (d.daemon.status.daemon.get("backups", {}).get("nvt-sched") or {}).get("phase") == "done",
+                   60, "the missed daily backup to run at start-up")
+    state = d.daemon.status.daemon["backups"]["nvt-sched"]
+    whole = sorted(p for p in os.listdir(f"{to}/nvt-sched") if not p.endswith(".partial"))
+    assert len(whole) == 2 and whole[0] == "20261122T010000Z"  # keep 2: the new one and the newest old one
+    assert not os.path.exists(old[0]) and not os.path.exists(old[1])
+    assert state["last"] == f"{to}/nvt-sched/{whole[1]}" and state["kept"] == 2 and "crash-consistent" in \
+        state["consistency"]
+    assert os.path.exists(f"{state['last']}/vda.qcow2") and running(system_conn, "nvt-sched")
+    calls = d.hv.mutation_count
+    await d.reload()  # the schedule is no part of the definition: no redefine
+    assert d.hv.mutation_count == calls
+
+    # a target that cannot be written: failed, in the status, retried with backoff; nothing else changes
+    write_json(dirs["config"] / "a.json", {"domains": {"nvt-sched2": {**spec, "backup": {
+        "every": "hourly", "to": "/proc/nvirtd-backups"}}, "nvt-sched": spec}})
+    await d.reload()
+    await wait_for(lambda: (d.daemon.status.daemon["backups"].get("nvt-sched2") or {}).get("phase") == "failed",
+                   10, "the backup to fail")
+    failed = d.daemon.status.daemon["backups"]["nvt-sched2"]
+    assert "cannot write backups to /proc/nvirtd-backups" in failed["error"] and failed["retry_in"] >= 1
+    table = render_table({"summary": "-", "daemon": d.daemon.status.daemon})
+    assert "nvt-sched2             failed (retry in" in table and "nvt-sched              last " in table
+    assert d.daemon.status.daemon["backups"]["nvt-sched"]["phase"] == "done" and running(system_conn, "nvt-sched")

@@ -165,3 +165,35 @@ async def test_a_scheduled_backup_missed_while_off_runs_at_start_and_keeps_the_n
     table = render_table({"summary": "-", "daemon": d.daemon.status.daemon})
     assert "nvt-sched2             failed (retry in" in table and "nvt-sched              last " in table
     assert d.daemon.status.daemon["backups"]["nvt-sched"]["phase"] == "done" and running(system_conn, "nvt-sched")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB filesystem of its own (tmpfs), to fill up."""
+    path = tmp_path / "small"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield str(path)
+    subprocess.run(["umount", str(path)], check=False)
+
+
+async def test_a_backup_that_fills_its_disk_fails_clearly_and_leaves_nothing(dirs, nix_settings, start_daemon,
+                                                                            system_conn, tmp_path, small_disk):
+    disks = {"root": {"type": "nix", "path": nix_config(tmp_path, "bkfull")}}
+    write_json(dirs["config"] / "a.json", {"domains": {"nvt-bkfull": domain(96, virtType="qemu", state="stopped",
+                                                                            disks=disks)}})
+    d = await start_daemon(nix_settings)
+    overlay = f"{nix_settings.images_dir}/nvt-bkfull-root.qcow2"
+    await wait_for(lambda: os.path.exists(overlay), 60, "the overlay")
+    await d.settle()
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 2M", overlay], check=True, capture_output=True)
+    before = os.stat(overlay)
+
+    full = nvirtd(nix_settings, "backup", "nvt-bkfull", "--to", small_disk)
+    assert full.returncode == 1 and "nothing was kept of this backup" in full.stderr, full.stderr
+    assert "No space left on device" in full.stderr
+    assert os.listdir(f"{small_disk}/nvt-bkfull") == []  # no .partial left to look like a backup
+    after = os.stat(overlay)
+    assert (after.st_ino, after.st_size, after.st_mtime) == (before.st_ino, before.st_size, before.st_mtime)

@@ -16,9 +16,10 @@ import asyncio
 import calendar
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -30,6 +31,7 @@ from .errors import NvirtdError
 from .runtime import clock
 
 log = structlog.get_logger("nvirtd.backups")
+T = TypeVar("T")
 TICK = 30.0  # how often due backups are looked for
 PENDING_LOOK = 2.0  # how soon again, while a domain with a schedule is not defined yet
 
@@ -42,6 +44,31 @@ def last_backup_at(to: str, name: str) -> float | None:
     with contextlib.suppress(ValueError):
         return float(calendar.timegm(time.strptime(os.path.basename(whole[-1]), "%Y%m%dT%H%M%SZ")))
     return None
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a thread of its own that never holds the exit: not asyncio.to_thread,
+    whose executor asyncio.run joins at the end (a backup stuck on a hung libvirtd would
+    keep a stopping daemon alive); a daemon thread is left behind, and `nvirtd run` exits."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def body() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            outcome: tuple[bool, Any] = (False, exc)
+        else:
+            outcome = (True, result)
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(deliver, *outcome)
+
+    threading.Thread(target=body, name="backup", daemon=True).start()
+    return await future
 
 
 class BackupScheduler:
@@ -103,9 +130,9 @@ class BackupScheduler:
 
         log.info("backup_started", domain=name, to=plan.to)
         try:
-            folder, manifest, seconds = await asyncio.to_thread(take_backup, self.uri, name, self.instance,
-                                                                plan.to, progress)
-            pruned = await asyncio.to_thread(prune_backups, plan.to, name, plan.keep)
+            folder, manifest, seconds = await in_daemon_thread(take_backup, self.uri, name, self.instance,
+                                                               plan.to, progress)
+            pruned = await in_daemon_thread(prune_backups, plan.to, name, plan.keep)
         except (NvirtdError, OSError) as exc:
             count = self._failures.get(name, (0, 0.0))[0] + 1
             delay = backoff.delay(Backoff.failure, count)

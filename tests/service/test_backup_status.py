@@ -45,3 +45,23 @@ def test_a_backup_is_due_when_the_newest_whole_one_is_older_than_every(tmp_path)
     with open(f"{to}/web/29990101T000000Z/manifest.json", "w") as f:
         json.dump({"domain": "web"}, f)
     assert [n for n, _ in sched.due()] == ["db"]
+
+
+def test_a_backup_stuck_in_its_thread_never_holds_the_daemons_exit():
+    """A hung libvirtd can keep a backup's libvirt call from returning; stopping must not wait for it."""
+    import asyncio
+    import threading
+
+    from daemon.backup_schedule import in_daemon_thread
+
+    release = threading.Event()
+
+    async def main() -> None:
+        task = asyncio.create_task(in_daemon_thread(release.wait, 5))
+        await asyncio.sleep(0.05)
+        task.cancel()  # what stopping the daemon does to its helper tasks
+
+    began = time.monotonic()
+    asyncio.run(main())  # with asyncio.to_thread, this waits the 5 s for the executor
+    assert time.monotonic() - began < 2
+    release.set()

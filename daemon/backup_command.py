@@ -65,13 +65,13 @@ def take_backup(uri: str, name: str, instance: str, to: str,
     partial, final = os.path.join(folder, f"{stamp}.partial"), os.path.join(folder, stamp)
     conn, dom, owner = _owned(uri, name, instance)
     try:
-        disks = backups.writable_disks(dom)
+        disks, running, uuid = backups.look(dom)
         if not disks:
             raise PermanentError(f"{name} has no disk to back up")
         backups.check_writable(partial)
         started = time.monotonic()
         files = {d.target: os.path.join(partial, f"{d.target}.qcow2") for d in disks}
-        if dom.isActive() == 1:
+        if running:
             frozen: list[bool] = []
             backups.push_backup(dom, files, before_begin=lambda: frozen.append(backups.freeze(dom)),
                                 after_begin=lambda: backups.thaw(dom) if frozen and frozen[0] else None,
@@ -83,7 +83,7 @@ def take_backup(uri: str, name: str, instance: str, to: str,
             for d in disks:
                 asyncio.run(backups.copy_flat(d.path, d.format, files[d.target]))
             consistency, method = "clean (the VM was stopped)", "qemu-img convert of the stopped VM"
-        manifest = {"format": 1, "domain": name, "uuid": dom.UUIDString(), "created": stamp,
+        manifest = {"format": 1, "domain": name, "uuid": uuid, "created": stamp,
                     "consistency": consistency, "method": method, "self_contained": True,
                     "spec_hash": owner.spec_hash, "config_file": owner.file,
                     "disks": {d.target: {"file": os.path.basename(files[d.target]), "source": d.path,
@@ -159,7 +159,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     images = Images(state_dir=settings.state_dir)
     made: dict[str, tuple[str, str | None]] = {}
     try:
-        current = {d.target: d for d in backups.writable_disks(dom)}
+        current = {d.target: d for d in backups.look(dom)[0]}
         for target, disk in manifest["disks"].items():
             if target not in current:
                 raise PermanentError(f"the backup has disk {target}, which {args.domain} no longer has")

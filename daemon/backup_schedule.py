@@ -133,7 +133,9 @@ class BackupScheduler:
             folder, manifest, seconds = await in_daemon_thread(take_backup, self.uri, name, self.instance,
                                                                plan.to, progress)
             pruned = await in_daemon_thread(prune_backups, plan.to, name, plan.keep)
-        except (NvirtdError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a backup, whatever went wrong, never stops the daemon
+            if not isinstance(exc, (NvirtdError, OSError)):
+                log.exception("backup_crashed", domain=name)
             count = self._failures.get(name, (0, 0.0))[0] + 1
             delay = backoff.delay(Backoff.failure, count)
             self._failures[name] = (count, clock.monotonic() + delay)

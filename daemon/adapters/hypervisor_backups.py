@@ -53,6 +53,14 @@ def writable_disks(dom: Any) -> list[DiskSource]:
     return found
 
 
+def look(dom: Any) -> tuple[list[DiskSource], bool, str]:
+    """(the disks a backup takes, whether it runs, its UUID), libvirt's errors translated."""
+    try:
+        return writable_disks(dom), dom.isActive() == 1, dom.UUIDString()
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"cannot look at {dom.name()}: {exc.get_error_message()}") from None
+
+
 def freeze(dom: Any) -> bool:
     """Freeze the guest's filesystems through its agent; False: no agent answered."""
     try:
@@ -89,13 +97,16 @@ def push_backup(dom: Any, targets: dict[str, str], *, before_begin: Callable[[],
         raise HypervisorError(f"libvirt refused the backup of {dom.name()}: {exc.get_error_message()}") from None
     finally:
         after_begin()
-    while True:
-        info = dom.jobInfo()  # [type, elapsed ms, remaining, data total, processed, remaining, ...]
-        if info[0] == libvirt.VIR_DOMAIN_JOB_NONE:
-            break
-        progress(int(info[4]), int(info[3]))
-        time.sleep(0.25)
-    stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    try:
+        while True:
+            info = dom.jobInfo()  # [type, elapsed ms, remaining, data total, processed, remaining, ...]
+            if info[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                break
+            progress(int(info[4]), int(info[3]))
+            time.sleep(0.25)
+        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError as exc:  # the guest stopped, or libvirtd went away, mid-backup
+        raise HypervisorError(f"the backup of {dom.name()} was interrupted: {exc.get_error_message()}") from None
     if not stats.get("success", stats.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED):
         raise HypervisorError(f"the backup of {dom.name()} failed: {stats.get('errmsg', 'libvirt gave no reason')}")
     total = int(stats.get("disk_total", 0))

@@ -97,6 +97,13 @@ def delete(dom: Any, name: str) -> None:
 
 def stop_gracefully(dom: Any, timeout: float) -> bool:
     """ACPI power button, resent every 5 s; destroyed after `timeout`. True: it had to be destroyed."""
+    try:
+        return _stop(dom, timeout)
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"stopping {dom.name()}: {exc.get_error_message()}") from None
+
+
+def _stop(dom: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     sent = 0.0
     while dom.isActive() == 1 and time.monotonic() < deadline:
@@ -114,4 +121,4 @@ def stop_gracefully(dom: Any, timeout: float) -> bool:
 
 
 def is_running(dom: Any) -> bool:
-    return dom.isActive() == 1
+    return bool(_call(f"the state of {dom.name()}", dom.isActive) == 1)

@@ -160,6 +160,7 @@ class Daemon:
 
     def _report_backups(self, state: dict[str, Any]) -> None:
         self.status.daemon["backups"] = state
+        self.status.mark_dirty()  # status.json is only written when the store is marked
         self._status_dirty.set()
 
     async def _image_gc_loop(self) -> None:
@@ -182,6 +183,7 @@ class Daemon:
                 removed = [r.store for r in found if r.removed]
                 self.status.daemon["image_gc"] = {"at": clock.wall(), "roots": len(found), "removed": removed,
                                                   "error": None}
+            self.status.mark_dirty()
             self._status_dirty.set()
 
     async def _resync_loop(self) -> None:

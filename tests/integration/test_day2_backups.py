@@ -150,6 +150,8 @@ async def test_a_scheduled_backup_missed_while_off_runs_at_start_and_keeps_the_n
     assert state["last"] == f"{to}/nvt-sched/{whole[1]}" and state["kept"] == 2 and "crash-consistent" in \
         state["consistency"]
     assert os.path.exists(f"{state['last']}/vda.qcow2") and running(system_conn, "nvt-sched")
+    await wait_for(lambda: "nvt-sched" in json.loads((dirs["state"] / "status.json").read_text())["daemon"].get(
+        "backups", {}), 5, "status.json, which `nvirtd status` reads, to show the backup")
     calls = d.hv.mutation_count
     await d.reload()  # the schedule is no part of the definition: no redefine
     assert d.hv.mutation_count == calls

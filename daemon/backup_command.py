@@ -32,16 +32,6 @@ def _fail(verb: str, message: str) -> int:
     return EXIT_ERROR
 
 
-def _owned(uri: str, name: str, instance: str):
-    from .adapters import hypervisor_snapshots as snapshots
-    conn, dom, owner = snapshots.open_domain(uri, name)
-    if owner is None or owner.owned_by != instance:
-        conn.close()
-        whose = "not nvirtd's" if owner is None else f"nvirtd instance {owner.owned_by!r}'s"
-        raise PermanentError(f"{name} is {whose}; only this instance's domains ({instance!r}) are touched")
-    return conn, dom, owner
-
-
 def _progress(name: str):
     shown = [-10]
 
@@ -59,11 +49,12 @@ def take_backup(uri: str, name: str, instance: str, to: str,
     """One backup of `name` into TO/NAME/UTC-TIME: (its folder, the manifest, seconds).
     Blocking (libvirt and qemu-img): the daemon runs it in a thread."""
     from .adapters import hypervisor_backups as backups
+    from .adapters.hypervisor_snapshots import open_owned
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder = os.path.join(to, name)
     partial, final = os.path.join(folder, f"{stamp}.partial"), os.path.join(folder, stamp)
-    conn, dom, owner = _owned(uri, name, instance)
+    conn, dom, owner = open_owned(uri, name, instance)
     try:
         disks, running, uuid = backups.look(dom)
         if not disks:
@@ -153,7 +144,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     try:
         manifest = _read_manifest(args.source, args.domain)
-        conn, dom, owner = _owned(settings.uri, args.domain, settings.instance)
+        conn, dom, owner = snapshots.open_owned(settings.uri, args.domain, settings.instance)
     except NvirtdError as exc:
         return _fail("restore", str(exc))
     images = Images(state_dir=settings.state_dir)

@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import functools
 import os
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
+from .adapters.hypervisor_threads import in_own_thread
 from .backup_command import complete_backups, prune_backups, take_backup
 from .core import backoff
 from .core.backoff import Backoff
@@ -31,7 +32,6 @@ from .errors import NvirtdError
 from .runtime import clock
 
 log = structlog.get_logger("nvirtd.backups")
-T = TypeVar("T")
 TICK = 30.0  # how often due backups are looked for
 PENDING_LOOK = 2.0  # how soon again, while a domain with a schedule is not defined yet
 
@@ -44,31 +44,6 @@ def last_backup_at(to: str, name: str) -> float | None:
     with contextlib.suppress(ValueError):
         return float(calendar.timegm(time.strptime(os.path.basename(whole[-1]), "%Y%m%dT%H%M%SZ")))
     return None
-
-
-async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) in a thread of its own that never holds the exit: not asyncio.to_thread,
-    whose executor asyncio.run joins at the end (a backup stuck on a hung libvirtd would
-    keep a stopping daemon alive); a daemon thread is left behind, and `nvirtd run` exits."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def deliver(ok: bool, value: Any) -> None:
-        if not future.done():
-            (future.set_result if ok else future.set_exception)(value)
-
-    def body() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            outcome: tuple[bool, Any] = (False, exc)
-        else:
-            outcome = (True, result)
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(deliver, *outcome)
-
-    threading.Thread(target=body, name="backup", daemon=True).start()
-    return await future
 
 
 class BackupScheduler:
@@ -130,9 +105,12 @@ class BackupScheduler:
 
         log.info("backup_started", domain=name, to=plan.to)
         try:
-            folder, manifest, seconds = await in_daemon_thread(take_backup, self.uri, name, self.instance,
-                                                               plan.to, progress)
-            pruned = await in_daemon_thread(prune_backups, plan.to, name, plan.keep)
+            # a thread of its own: a backup stuck on a hung libvirtd must not hold a stopping daemon
+            folder, manifest, seconds = await in_own_thread(
+                functools.partial(take_backup, self.uri, name, self.instance, plan.to, progress),
+                timeout=None, name="backup")
+            pruned = await in_own_thread(functools.partial(prune_backups, plan.to, name, plan.keep),
+                                         timeout=None, name="backup")
         except Exception as exc:  # noqa: BLE001 - a backup, whatever went wrong, never stops the daemon
             if not isinstance(exc, (NvirtdError, OSError)):
                 log.exception("backup_crashed", domain=name)

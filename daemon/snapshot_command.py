@@ -35,16 +35,11 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
                 print(f"nvirtd: snapshot: {exc}", file=sys.stderr)
                 return EXIT_ERROR
     try:
-        conn, dom, owner = snapshots.open_domain(settings.uri, args.domain)
+        conn, dom, owner = snapshots.open_owned(settings.uri, args.domain, settings.instance)
     except NvirtdError as exc:
         print(f"nvirtd: snapshot: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        if owner is None or owner.owned_by != settings.instance:
-            whose = "not nvirtd's" if owner is None else f"nvirtd instance {owner.owned_by!r}'s"
-            print(f"nvirtd: snapshot: {args.domain} is {whose}; only this instance's domains "
-                  f"({settings.instance!r}) are touched", file=sys.stderr)
-            return EXIT_ERROR
         return _act(args, dom, owner.timeout)
     except NvirtdError as exc:
         print(f"nvirtd: snapshot: {exc}", file=sys.stderr)

@@ -44,6 +44,13 @@ class FakeDomain:
     autostart: bool = False
     obeys_acpi: bool = True  # a guest without an OS ignores the power button
 
+    @property
+    def open_disks(self) -> frozenset[str]:
+        """The disk files the running instance has open (none when off)."""
+        if self.live is None:
+            return frozenset()
+        return frozenset(s.get("file", "") for s in self.live.findall("./devices/disk/source") if s.get("file"))
+
 
 def _text(root: ET.Element, owner: Owner | None) -> str:
     """The definition as libvirt would print it: the owner element inside <metadata>."""
@@ -233,15 +240,13 @@ class FakeHypervisor(FakeNetworkOps):
     async def live_disks(self, name: str) -> frozenset[str]:
         self._call("live_disks")
         dom = self._looked_at(name)
-        if dom is None or dom.live is None:
-            return frozenset()
-        return frozenset(s.get("file", "") for s in dom.live.findall("./devices/disk/source") if s.get("file"))
+        return frozenset() if dom is None else dom.open_disks
 
     def _grow_live(self, name: str, path: str, size: int) -> None:
         dom = self._looked_at(name)
         if dom is None or not dom.power.active or dom.live is None:
             raise HypervisorError(f"{name} is not running: {path} is grown offline instead")
-        if path not in {s.get("file") for s in dom.live.iter("source")}:
+        if path not in dom.open_disks:
             raise HypervisorError(f"invalid argument: disk '{path}' was not found in domain {name}")
         capacity = self.image_sizes[path]
         if size < capacity:

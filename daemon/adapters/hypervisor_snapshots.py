@@ -36,8 +36,9 @@ class SnapshotInfo:
     current: bool
 
 
-def open_domain(uri: str, name: str) -> tuple[Any, Any, Owner | None]:
-    """(connection, domain, its owner) or PermanentError when there is no such domain."""
+def open_owned(uri: str, name: str, instance: str) -> tuple[Any, Any, Owner]:
+    """(connection, domain, its owner) of a domain this nvirtd instance owns; PermanentError
+    when there is no such domain or it is not this instance's (the day-2 commands' gate)."""
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors come as exceptions, not on stderr
     conn = libvirt.open(uri)
     try:
@@ -46,6 +47,10 @@ def open_domain(uri: str, name: str) -> tuple[Any, Any, Owner | None]:
         conn.close()
         raise PermanentError(f"libvirt at {uri} has no domain named {name}") from None
     owner = parse_owner(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+    if owner is None or owner.owned_by != instance:
+        conn.close()
+        whose = "not nvirtd's" if owner is None else f"nvirtd instance {owner.owned_by!r}'s"
+        raise PermanentError(f"{name} is {whose}; only this instance's domains ({instance!r}) are touched")
     return conn, dom, owner
 
 

@@ -43,10 +43,12 @@ def close_quietly(conns: list[Any]) -> None:
             conn.close()
 
 
-async def in_own_thread(fn: Callable[[], T], *, timeout: float,
-                         cleanup: Callable[[T], None] | None = None) -> T:
-    """fn() in a new daemon thread, awaited at most `timeout` seconds. A call that is given
-    up goes on in its thread; `cleanup` gets its result if it ever ends."""
+async def in_own_thread(fn: Callable[[], T], *, timeout: float | None,
+                         cleanup: Callable[[T], None] | None = None, name: str = "libvirt-connect") -> T:
+    """fn() in a new daemon thread, awaited at most `timeout` seconds (None: as long as it
+    takes). A call that is given up, or whose awaiting task is cancelled, goes on in its
+    thread without holding the exit (asyncio.to_thread's executor is joined by asyncio.run);
+    `cleanup` gets its result if it ever ends after a timeout."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
     abandoned = threading.Event()
@@ -69,7 +71,7 @@ async def in_own_thread(fn: Callable[[], T], *, timeout: float,
         elif not loop.is_closed():
             loop.call_soon_threadsafe(deliver, True, result)
 
-    threading.Thread(target=body, name="libvirt-connect", daemon=True).start()
+    threading.Thread(target=body, name=name, daemon=True).start()
     try:
         return await asyncio.wait_for(asyncio.shield(future), timeout)
     except TimeoutError:

@@ -113,3 +113,24 @@ def nix_settings(system_settings, tmp_path, monkeypatch):
     for key, value in nix_env().items():
         monkeypatch.setenv(key, value)
     return replace(system_settings, build_command=build_command(tmp_path / "builds.log"))
+
+
+async def stopped_on_overlay(start_daemon, settings, config_dir: Path, name: str, spec: dict):
+    """The daemon on one stopped VM whose nix disk `root` has its overlay, settled:
+    (the daemon, the overlay's path)."""
+    import os
+
+    from tests.conftest import write_json
+    from tests.engine.test_reconcile import wait_for
+    write_json(config_dir / "a.json", {"domains": {name: {**spec, "state": "stopped"}}})
+    daemon = await start_daemon(settings)
+    overlay = f"{settings.images_dir}/{name}-root.qcow2"
+    await wait_for(lambda: os.path.exists(overlay), 60, "the overlay")
+    await daemon.settle()
+    return daemon, overlay
+
+
+def fill(overlay: str, pattern: int, length: str = "64k") -> None:
+    """The guest's data: `length` bytes of `pattern` at the start of the disk (qemu-io)."""
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} 0 {length}", overlay], check=True,
+                   capture_output=True)

@@ -18,7 +18,7 @@ from daemon.status import render_table
 from tests.adapters.test_images import nix_config
 from tests.conftest import REPO, domain, have, write_json
 from tests.engine.test_reconcile import wait_for
-from tests.integration.conftest import SYSTEM_URI
+from tests.integration.conftest import SYSTEM_URI, fill, stopped_on_overlay
 from tests.integration.test_boot_and_network import booting, console
 from tests.integration.test_system_libvirtd import running
 
@@ -86,13 +86,9 @@ async def test_a_running_vm_is_backed_up_and_restored_with_its_data(dirs, nix_se
 async def test_bad_backup_and_restore_input_changes_nothing(dirs, nix_settings, start_daemon, system_conn,
                                                             tmp_path):
     disks = {"root": {"type": "nix", "path": nix_config(tmp_path, "bkbad")}}
-    write_json(dirs["config"] / "a.json", {"domains": {"nvt-bkbad": domain(96, virtType="qemu", state="stopped",
-                                                                           disks=disks)}})
-    d = await start_daemon(nix_settings)
-    overlay = f"{nix_settings.images_dir}/nvt-bkbad-root.qcow2"
-    await wait_for(lambda: os.path.exists(overlay), 60, "the overlay")
-    await d.settle()
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", overlay], check=True, capture_output=True)
+    d, overlay = await stopped_on_overlay(start_daemon, nix_settings, dirs["config"], "nvt-bkbad",
+                                          domain(96, virtType="qemu", disks=disks))
+    fill(overlay, 0x5a)
     calls = d.hv.mutation_count
 
     unwritable = nvirtd(nix_settings, "backup", "nvt-bkbad", "--to", "/proc/nvirtd-backups")
@@ -184,13 +180,9 @@ def small_disk(tmp_path):
 async def test_a_backup_that_fills_its_disk_fails_clearly_and_leaves_nothing(dirs, nix_settings, start_daemon,
                                                                             system_conn, tmp_path, small_disk):
     disks = {"root": {"type": "nix", "path": nix_config(tmp_path, "bkfull")}}
-    write_json(dirs["config"] / "a.json", {"domains": {"nvt-bkfull": domain(96, virtType="qemu", state="stopped",
-                                                                            disks=disks)}})
-    d = await start_daemon(nix_settings)
-    overlay = f"{nix_settings.images_dir}/nvt-bkfull-root.qcow2"
-    await wait_for(lambda: os.path.exists(overlay), 60, "the overlay")
-    await d.settle()
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 2M", overlay], check=True, capture_output=True)
+    d, overlay = await stopped_on_overlay(start_daemon, nix_settings, dirs["config"], "nvt-bkfull",
+                                          domain(96, virtType="qemu", disks=disks))
+    fill(overlay, 0x5a, "2M")
     before = os.stat(overlay)
 
     full = nvirtd(nix_settings, "backup", "nvt-bkfull", "--to", small_disk)

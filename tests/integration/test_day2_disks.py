@@ -15,6 +15,7 @@ from daemon.adapters.images import image_info
 from tests.adapters.test_images import nix_config
 from tests.conftest import domain, have, write_json
 from tests.engine.test_reconcile import wait_for
+from tests.integration.conftest import fill, stopped_on_overlay
 from tests.integration.test_boot_and_network import booting, console
 from tests.integration.test_system_libvirtd import running
 
@@ -74,13 +75,8 @@ async def test_a_stopped_domains_disk_grows_offline_in_place(dirs, nix_settings,
                                                              tmp_path):
     cfg = nix_config(tmp_path, "grow-off")
     spec = domain(96, virtType="qemu", state="stopped", disks=nix_disk(cfg, 1))
-    write_json(dirs["config"] / "a.json", {"domains": {"nvt-grow-off": spec}})
-    d = await start_daemon(nix_settings)
-    overlay = f"{nix_settings.images_dir}/nvt-grow-off-root.qcow2"
-    await wait_for(lambda: os.path.exists(overlay), 60, "the overlay")
-    await d.settle()
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 512k", overlay], check=True,
-                   capture_output=True)  # the VM's data
+    d, overlay = await stopped_on_overlay(start_daemon, nix_settings, dirs["config"], "nvt-grow-off", spec)
+    fill(overlay, 0x5a, "512k")  # the VM's data
     digest, inode = first_mib_digest(overlay, tmp_path), os.stat(overlay).st_ino
 
     write_json(dirs["config"] / "a.json", {"domains": {"nvt-grow-off": {**spec, "disks": nix_disk(cfg, 3)}}})

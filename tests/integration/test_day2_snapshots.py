@@ -15,7 +15,7 @@ from daemon.adapters.images import Images
 from tests.adapters.test_images import nix_config
 from tests.conftest import REPO, domain, have, write_json
 from tests.engine.test_reconcile import wait_for
-from tests.integration.conftest import SYSTEM_URI
+from tests.integration.conftest import SYSTEM_URI, fill, stopped_on_overlay
 from tests.integration.test_boot_and_network import booting, console
 from tests.integration.test_system_libvirtd import running
 
@@ -36,21 +36,12 @@ def holds(overlay: str, pattern: int) -> bool:
     return out.returncode == 0 and "Pattern verification failed" not in out.stdout + out.stderr
 
 
-def write(overlay: str, pattern: int) -> None:
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} 0 64k", overlay], check=True,
-                   capture_output=True)
-
-
 async def test_a_stopped_vms_snapshot_reverts_its_disk_and_is_no_drift(dirs, nix_settings, start_daemon,
                                                                       system_conn, tmp_path):
     cfg = nix_config(tmp_path, "snap")
-    write_json(dirs["config"] / "a.json", {"domains": {"nvt-snap": domain(
-        96, virtType="qemu", state="stopped", disks={"root": {"type": "nix", "path": cfg}})}})
-    d = await start_daemon(nix_settings)
-    overlay = f"{nix_settings.images_dir}/nvt-snap-root.qcow2"
-    await wait_for(lambda: os.path.exists(overlay), 60, "the overlay")
-    await d.settle()
-    write(overlay, 0x11)
+    d, overlay = await stopped_on_overlay(start_daemon, nix_settings, dirs["config"], "nvt-snap", domain(
+        96, virtType="qemu", disks={"root": {"type": "nix", "path": cfg}}))
+    fill(overlay, 0x11)
 
     taken = snapshot(nix_settings, "nvt-snap", "--name", "before")
     assert taken.returncode == 0, taken.stderr
@@ -59,7 +50,7 @@ async def test_a_stopped_vms_snapshot_reverts_its_disk_and_is_no_drift(dirs, nix
     await d.reload()  # a snapshot changes neither the definition nor the chain: nothing to repair
     assert d.hv.mutation_count == calls and d.entry("nvt-snap").phase == "stopped"
 
-    write(overlay, 0x22)
+    fill(overlay, 0x22)
     assert holds(overlay, 0x22)
     listed = snapshot(nix_settings, "nvt-snap", "--list")
     assert "before" in listed.stdout and "taken while shutoff" in listed.stdout

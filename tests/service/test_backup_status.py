@@ -50,14 +50,15 @@ def test_a_backup_is_due_when_the_newest_whole_one_is_older_than_every(tmp_path)
 def test_a_backup_stuck_in_its_thread_never_holds_the_daemons_exit():
     """A hung libvirtd can keep a backup's libvirt call from returning; stopping must not wait for it."""
     import asyncio
+    import functools
     import threading
 
-    from daemon.backup_schedule import in_daemon_thread
+    from daemon.adapters.hypervisor_threads import in_own_thread
 
     release = threading.Event()
 
     async def main() -> None:
-        task = asyncio.create_task(in_daemon_thread(release.wait, 5))
+        task = asyncio.create_task(in_own_thread(functools.partial(release.wait, 5), timeout=None))
         await asyncio.sleep(0.05)
         task.cancel()  # what stopping the daemon does to its helper tasks
 

@@ -105,9 +105,7 @@ class World(FaultSteps):
         self.store.mkdir()
         self.tools = FakeTools(self.store, self.root / "state" / "gcroots")
         self.hv.image_sizes = self.tools.sizes  # a live resize changes the file qemu-img reads
-        self.tools.in_use = lambda path: any(
-            d.live is not None and path in {s.get("file") for s in d.live.iter("source")}
-            for d in self.hv.domains.values())
+        self.tools.in_use = lambda path: any(path in d.open_disks for d in self.hv.domains.values())
         self.overlays = OverlayWatch(self.root / "images", self.violate)
         self.disk_full_until = -1.0
         self.read_texts: dict[str, str] = {}  # the config as the daemon last read it

@@ -226,6 +226,7 @@ class Daemon:
 
     async def _announce_ready(self) -> None:
         await self.ready.wait()
+        await self.hv.settle()  # every fingerprint recorded: a restart from here changes nothing
         release_memory()  # what the start-up burst (1,000 files read, rendered, started) left behind
         self.status.flush()
         self.notifier.ready(self.status.summary())
@@ -311,6 +312,8 @@ class Daemon:
                 await self.images.cancel_builds()
             with contextlib.suppress(Exception):
                 self.status.flush()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.hv.settle(), timeout=1.0)  # a restart then changes nothing
             with contextlib.suppress(Exception):
                 await self.hv.close(timeout=1.0)
             self.hv.shutdown_pool()

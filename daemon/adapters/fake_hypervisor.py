@@ -204,6 +204,10 @@ class FakeHypervisor(FakeNetworkOps):
                              for s in (d.live if d.live is not None else d.config).findall("./devices/interface/source")))
 
     # ---- domain writes --------------------------------------------------------------
+    async def settle(self) -> None:
+        """Nothing to settle: the fake records a define's fingerprint at once, which is what
+        every look at the real adapter sees too."""
+
     async def apply(self, name: str, ops: list[DomainOp]) -> None:
         for op in ops:
             self.mutations[op.counter] += 1

@@ -35,11 +35,13 @@ from ..core.ownership import NAMESPACE, fingerprint, parse_owner, parse_owner_el
 from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
 from .hypervisor_domains import DomainOps
+from .hypervisor_fingerprints import PendingFingerprints
 from .hypervisor_networks import NetworkOps
 from .hypervisor_threads import close_quietly, in_own_thread, register_event_loop
 from .hypervisor_protocol import EventSink
 
 T = TypeVar("T")
+FLUSH_AFTER_IDLE = 0.02  # seconds without a change in flight before pending fingerprints are written
 _POWER = {
     libvirt.VIR_DOMAIN_RUNNING: Power.running,
     libvirt.VIR_DOMAIN_BLOCKED: Power.running,
@@ -88,6 +90,11 @@ class Hypervisor(DomainOps, NetworkOps):
         # a name not in it needs no lookup RPC to learn that it does not exist
         self.known: set[str] | None = None
         self._listed: dict[str, tuple[Power, bool, bool]] = {}  # see list_domains
+        self._threads = threads
+        self._fingerprints = PendingFingerprints()  # see hypervisor_fingerprints
+        self._applying = 0  # apply() calls in flight
+        self._changes = 0  # apply() calls ended, ever: an idle moment is one with no new one
+        self._flush_task: asyncio.Task[None] | None = None
 
     # ---- plumbing -------------------------------------------------------------------
     def subscribe(self, sink: EventSink) -> None:
@@ -172,6 +179,7 @@ class Hypervisor(DomainOps, NetworkOps):
         self._doms.clear()
         self._nets.clear()
         self._listed.clear()
+        self._fingerprints.clear()  # the resync after a reconnect redefines what had none
         self.known = None  # events may be missed while disconnected: list again
         if not conns:
             return
@@ -184,6 +192,31 @@ class Hypervisor(DomainOps, NetworkOps):
             close_quietly(conns)
         with contextlib.suppress(TimeoutError):
             await in_own_thread(close_all, timeout=timeout)
+
+    # ---- fingerprints recorded after the starts (hypervisor_fingerprints) -----------
+    def _flush_when_idle(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_later(FLUSH_AFTER_IDLE, self._flush_if_idle, self._changes)
+
+    def _flush_if_idle(self, changes_then: int) -> None:
+        busy = self._flush_task is not None and not self._flush_task.done()
+        if not busy and not self._applying and self._changes == changes_then and len(self._fingerprints):
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush(yield_to_changes=True))
+
+    async def settle(self) -> None:
+        """Write every pending fingerprint (before READY=1, and before closing)."""
+        await self._flush(yield_to_changes=False)
+
+    async def _flush(self, *, yield_to_changes: bool) -> None:
+        names = self._fingerprints.names()
+        for i in range(0, len(names), self._threads):
+            if yield_to_changes and self._applying:
+                return  # changes first; the end of the last one in flight flushes again
+            try:
+                await asyncio.gather(*(self._run(self._fingerprints.settle_quietly, n)
+                                       for n in names[i:i + self._threads]))
+            except (ConnectionLost, HypervisorError):
+                return  # what stays pending is written, or its error reported, by the next look
 
     def shutdown_pool(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -283,6 +316,7 @@ class Hypervisor(DomainOps, NetworkOps):
         return await self._run(self._observe_domain, name)
 
     def _observe_domain(self, name: str) -> ObservedDomain | None:
+        self._fingerprints.settle(name)  # never a look at a domain of ours without its fingerprint
         try:
             return self._on_dom(name, self._observe_handle)
         except libvirt.libvirtError as exc:

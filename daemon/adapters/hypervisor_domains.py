@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from ..core.ownership import NAMESPACE, PREFIX, Owner, fingerprint, owner_xml
+from ..core.ownership import NAMESPACE, PREFIX, Owner, owner_xml
+from .hypervisor_fingerprints import read_fingerprint
 from .hypervisor_handles import through_cached
 from ..errors import HypervisorError
 from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, MarkShutdown, ResizeDisk, SetAutostart, SetOwner,
@@ -63,7 +64,8 @@ def _grow_live(dom: Any, path: str, size: int) -> None:
 
 
 class DomainOps:
-    """Mixed into Hypervisor, which provides _run, _c, _count, _doms and known."""
+    """Mixed into Hypervisor, which provides _run, _c, _count, _doms, known and the
+    pending fingerprints (_fingerprints, _applying, _changes, _flush_when_idle)."""
 
     _run: Any
     _c: Any
@@ -71,14 +73,26 @@ class DomainOps:
     _doms: dict[str, Any]
     _listed: dict[str, Any]
     known: set[str] | None
+    _fingerprints: Any
+    _applying: int
+    _changes: int
+    _flush_when_idle: Any
 
     async def apply(self, name: str, ops: list[DomainOp]) -> None:
         self._listed.pop(name, None)  # a change of ours: the listing's facts no longer hold
         for op in ops:
             self._count(op.counter)
-        await self._run(self._apply, name, ops)
+        self._applying += 1
+        try:
+            await self._run(self._apply, name, ops)
+        finally:
+            self._applying -= 1
+            self._changes += 1
+            if not self._applying and len(self._fingerprints):
+                self._flush_when_idle()
 
     def _apply(self, name: str, ops: list[DomainOp]) -> None:
+        self._fingerprints.settle(name)  # a change never overtakes the record of the define before it
         for op in ops:
             match op:
                 case DefineDomain(xml=xml, owner=owner):
@@ -116,10 +130,8 @@ class DomainOps:
         self._doms[dom.name()] = dom
         if self.known is not None:
             self.known.add(dom.name())
-        fp = fingerprint(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        recorded = dataclasses.replace(owner, fingerprint=fp)
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(recorded), PREFIX, NAMESPACE,
-                        libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        recorded = dataclasses.replace(owner, fingerprint=read_fingerprint(dom))
+        self._fingerprints.add(dom.name(), dom, recorded)  # written after the starts (hypervisor_fingerprints)
 
     def _set_owner(self, name: str, owner: Owner) -> None:
         """The owner element of the persistent definition, with nothing else changed."""

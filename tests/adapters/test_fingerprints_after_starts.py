@@ -1,0 +1,96 @@
+"""The libvirt adapter writes a define's fingerprint record after the starts
+(hypervisor_fingerprints.py): what libvirt holds meanwhile, seen through a connection
+of the test's own, and that nothing nvirtd looks at ever lacks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+
+import libvirt
+import pytest
+
+from daemon.adapters.hypervisor import Hypervisor
+from daemon.adapters.hypervisor_protocol import DefineDomain, SetAutostart, Start
+from daemon.core.ownership import parse_owner
+from tests.adapters.test_hypervisor_contract import rendered
+from tests.conftest import TEST_URI
+
+
+def recorded_fingerprint(conn, name: str) -> str | None:
+    """The fingerprint in libvirt's persistent definition, read as virsh dumpxml would."""
+    root = ET.fromstring(conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    owner = parse_owner(root)
+    assert owner is not None, "the owner element goes in with the define itself"
+    return owner.fingerprint
+
+
+@pytest.fixture
+async def hv(fresh_libvirt):
+    hv = Hypervisor(TEST_URI)
+    await hv.connect()
+    yield hv
+    await hv.close()
+    hv.shutdown_pool()
+
+
+async def test_the_guest_runs_before_its_record_is_written_and_a_look_writes_it(hv, fresh_libvirt):
+    d = rendered("c1")
+    hv._flush_when_idle = lambda: None  # no idle moment: only the look can write it
+    await hv.apply("c1", [DefineDomain(d.xml, d.owner), SetAutostart(True), Start()])
+    assert fresh_libvirt.lookupByName("c1").isActive() == 1
+    assert recorded_fingerprint(fresh_libvirt, "c1") is None
+    seen = await hv.observe_domain("c1")
+    assert seen.owner.fingerprint == seen.fingerprint  # not drift, nothing to redefine
+    assert recorded_fingerprint(fresh_libvirt, "c1") == seen.fingerprint
+
+
+async def test_a_change_writes_the_pending_record_first(hv, fresh_libvirt):
+    d = rendered("c1")
+    hv._flush_when_idle = lambda: None
+    await hv.apply("c1", [DefineDomain(d.xml, d.owner)])
+    await hv.apply("c1", [Start()])
+    assert recorded_fingerprint(fresh_libvirt, "c1") is not None
+
+
+async def test_settle_writes_every_record_and_a_fresh_adapter_sees_no_drift(hv, fresh_libvirt):
+    hv._flush_when_idle = lambda: None
+    names = [f"c{i}" for i in range(30)]
+    for name in names:
+        d = rendered(name)
+        await hv.apply(name, [DefineDomain(d.xml, d.owner), Start()])
+    assert all(recorded_fingerprint(fresh_libvirt, n) is None for n in names)
+    await hv.settle()
+    other = Hypervisor(TEST_URI)  # a restarted daemon
+    await other.connect()
+    try:
+        for name in names:
+            seen = await other.observe_domain(name)
+            assert seen.owner.fingerprint == seen.fingerprint, name
+    finally:
+        await other.close()
+        other.shutdown_pool()
+
+
+async def test_an_idle_adapter_writes_the_records_on_its_own(hv, fresh_libvirt):
+    for name in ("c1", "c2"):
+        d = rendered(name)
+        await hv.apply(name, [DefineDomain(d.xml, d.owner), Start()])
+    for _ in range(100):
+        if all(recorded_fingerprint(fresh_libvirt, n) for n in ("c1", "c2")):
+            break
+        await asyncio.sleep(0.01)
+    assert recorded_fingerprint(fresh_libvirt, "c1") and recorded_fingerprint(fresh_libvirt, "c2")
+
+
+async def test_an_edit_before_the_record_is_still_drift(hv, fresh_libvirt):
+    """The fingerprint is read right after the define; only writing it waits."""
+    d = rendered("c1")
+    hv._flush_when_idle = lambda: None
+    await hv.apply("c1", [DefineDomain(d.xml, d.owner)])
+    root = ET.fromstring(fresh_libvirt.lookupByName("c1").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    root.find("memory").text = str(int(root.find("memory").text) * 2)
+    fresh_libvirt.defineXML(ET.tostring(root, encoding="unicode"))  # virsh edit
+    seen = await hv.observe_domain("c1")
+    assert seen.owner.fingerprint is not None and seen.owner.fingerprint != seen.fingerprint

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import sys
 
 from .settings import Settings
@@ -97,8 +96,9 @@ def parser() -> argparse.ArgumentParser:
                      help="guests started at once, at most (0, the default: as many as --workers); "
                           "cap it on hosts whose storage or CPUs a boot storm overloads")
     run.add_argument("--build-command", default=None,
-                     help="image build command, {path} is the NixOS configuration (default: %s)"
-                          % shlex.join(d.build_command))
+                     help="build command of nix disks' configuration files, {path} is the file (default: "
+                          "nixpkgs' image builder, system.build.images.qemu, or nixos-generate where the "
+                          "nixpkgs on NIX_PATH is older than 25.05; flakes are always built with nix build)")
     run.add_argument("--build-jobs", type=_positive_int, default=d.build_jobs)
     run.add_argument("--build-timeout", type=_positive_float, default=d.build_timeout, metavar="SECONDS",
                      help="stop a nix build that runs longer, and retry it with backoff (default: %(default)gs)")

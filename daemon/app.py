@@ -75,7 +75,7 @@ class Daemon:
             domains=lambda: self.config.desired.domains if self.config.desired is not None else {})
         self.images = Images(state_dir=settings.state_dir, build_command=settings.build_command,
                              jobs=settings.build_jobs, on_built=self._build_finished, build_env=build_env,
-                             build_timeout=settings.build_timeout)
+                             build_timeout=settings.build_timeout, on_progress=self._report_builds)
         self.notifier = Notifier()
         self.link = LibvirtLink(self.hv, self.status, self.notifier, on_connected=self._connected)
         self.expectations = Expectations()
@@ -157,6 +157,15 @@ class Daemon:
     def _is_defined(self, name: str) -> bool:
         entry = self.status.entries.get(("domain", name))
         return entry is not None and entry.phase in ("running", "stopped", "defined", "stopping")
+
+    def _report_builds(self) -> None:
+        """The running builds, their progress and the domains waiting on each, in status.json."""
+        builds = self.images.progress()
+        for path, progress in builds.items():
+            progress["domains"] = [key.name for key in self.config.waiting_on_build(path)]
+        self.status.daemon["builds"] = builds
+        self.status.mark_dirty()
+        self._status_dirty.set()
 
     def _report_backups(self, state: dict[str, Any]) -> None:
         self.status.daemon["backups"] = state

@@ -136,7 +136,8 @@ class ConfigStore:
         if self.desired is None:
             return []
         return [Key(Kind.domain, name) for name, d in self.desired.domains.items()
-                if any(disk.type == DiskType.nix and disk.path == config_path for disk in d.spec.disks.values())]
+                if any(disk.type == DiskType.nix and disk.build_source == config_path
+                       for disk in d.spec.disks.values())]
 
     def all_keys(self) -> set[Key]:
         desired = self.desired
@@ -146,5 +147,5 @@ class ConfigStore:
 
 
 def nix_configs(rendered: Rendered, keys: set[Key] | None) -> set[str]:
-    return {disk.path for name, d in rendered.domains.items() if keys is None or Key(Kind.domain, name) in keys
+    return {disk.build_source for name, d in rendered.domains.items() if keys is None or Key(Kind.domain, name) in keys
             for disk in d.spec.disks.values() if disk.type == DiskType.nix}

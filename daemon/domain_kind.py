@@ -90,7 +90,7 @@ class DomainKind:
             present = bool(backing) and os.path.exists(backing)  # type: ignore[arg-type]
             states.append(OverlayState(
                 disk=disk_name, overlay=overlay, exists=info is not None, backing=backing, backing_present=present,
-                build=self.images.build_state(disk.path),
+                build=self.images.build_state(disk.build_source),
                 recreate_on_change=bool(disk.nix and disk.nix.on_image_change == "recreate"),
                 rooted=not present or self.images.is_rooted(backing),  # type: ignore[arg-type]
                 actual_size=info.actual_size if info else 0, virtual_size=info.virtual_size if info else 0,
@@ -161,7 +161,7 @@ class DomainKind:
         assert desired is not None and action.disk is not None
         disk = desired.spec.disks[action.disk]
         if action.kind == Act.build_image:
-            self.images.request_build(disk.path)
+            self.images.request_build(disk.build_source, flake=disk.is_flake)
             return
         if action.kind == Act.root_image:
             assert action.image is not None

@@ -44,6 +44,8 @@ LIBVIRT: dict[str, str] = {
     "domains.<name>.disks.<name>.readOnly": "`<readonly/>`",
     "domains.<name>.disks.<name>.bootOrder": "`<boot order=>`",
     "domains.<name>.disks.<name>.nix": "",
+    "domains.<name>.disks.<name>.nix.flake": "(what builds the base image: `nix build FLAKEREF#...`)",
+    "domains.<name>.disks.<name>.nix.attribute": "(what builds the base image: `nix build PATH#...`)",
     "domains.<name>.disks.<name>.nix.size": "`qemu-img create ... SIZE` of the overlay",
     "domains.<name>.disks.<name>.nix.unit": "",
     "domains.<name>.disks.<name>.nix.onImageChange": "(nvirtd policy)",

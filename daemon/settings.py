@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .adapters.images import DEFAULT_BUILD_COMMAND
 from .core.ownership import DEFAULT_INSTANCE
 from .core.spec import VirtType
 
@@ -19,7 +18,7 @@ class Settings:
     workers: int = 24  # concurrent reconciles (measured: 24 converge 1,000 domains 1.15x faster than 16, 16 1.6x faster than 4)
     start_concurrency: int = 0  # guests starting at once; 0: as many as workers (see docs/operations.md)
     connections: int = 4  # libvirt connections for calls (libvirtd serves 5 requests per connection at once)
-    build_command: tuple[str, ...] = DEFAULT_BUILD_COMMAND
+    build_command: tuple[str, ...] | None = None  # None: the host's own builder (adapters/image_builders.py)
     build_jobs: int = 2
     build_timeout: float = 4 * 3600.0  # a nix build running longer is stopped and retried with backoff
     resync_interval: float = 600.0

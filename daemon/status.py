@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import structlog
 
+from .core.build_progress import describe
 from .runtime import clock
 from .runtime.atomicfile import atomic_write
 
@@ -175,6 +176,13 @@ def render_table(data: dict[str, Any]) -> str:
             done = e.get("last_actions") or []
             detail = e.get("error") or e.get("message") or (f"last did: {', '.join(done)}" if done else "")
             lines.append(f"{e['name']:<24} {e['phase']:<10} {','.join(e['conditions']) or '-':<28} {since:<20} {detail}")
+    builds = (data.get("daemon") or {}).get("builds") or {}
+    if builds:
+        lines.append("")
+        lines.append("image builds:")
+        for source, b in sorted(builds.items()):
+            lines.append(f"  {source}  (for {', '.join(b.get('domains') or []) or '-'})")
+            lines.append(f"    {describe(b, time.time())}")
     backups = (data.get("daemon") or {}).get("backups") or {}
     if backups:
         lines.append("")

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from daemon.core.spec import ConfigFile
 from daemon.reference import LIBVIRT, markdown, options
 from tests.conftest import REPO, have, nix_env
 
@@ -51,35 +50,6 @@ def test_nix_files_parse():
         result = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True,
                                 env={**os.environ, **nix_env()})
         assert result.returncode == 0, f"{path}: {result.stderr}"
-
-
-def _flatten(schema: dict, model: str, prefix: str = "") -> set[str]:
-    """Option names of one model, nested plain objects flattened as the module writes them (cpu.amount)."""
-    names = set()
-    for key, node in schema["$defs"][model]["properties"].items():
-        ref = node.get("$ref") or next((o.get("$ref") for o in node.get("anyOf", []) if o.get("$ref")), None)
-        inner = ref.split("/")[-1] if ref else None
-        if inner in ("Cpu", "Memory", "Driver") and "anyOf" not in node:
-            names |= _flatten(schema, inner, f"{prefix}{key}.")
-        else:
-            names.add(prefix + key)
-    return names
-
-
-def test_nixos_module_options_follow_the_schema():
-    text = (REPO / "contrib" / "nixos" / "module.nix").read_text()
-    blocks = re.findall(r"# schema: (\w+)\n(.*?)# end schema", text, re.S)
-    schema = ConfigFile.model_json_schema(by_alias=True)
-    assert {name for name, _ in blocks} == {"Boot", "NixImage", "Disk", "Interface", "Share", "BackupSchedule",
-                                            "Domain", "Network"}
-    for model, body in blocks:
-        names = set(re.findall(r"^\s*([\w.]+) = (?:opt|req)\b", body, re.M))
-        declared = {n for n in names if not n.startswith("options.")}
-        assert declared == _flatten(schema, model), f"module block {model} differs from the schema"
-        if model == "Network":  # ip, ip6, dhcp, dhcp.range and dns are inline submodules there
-            inline = {n.removeprefix("options.") for n in names - declared}
-            expected = set().union(*(_flatten(schema, m) for m in ("Ip", "Ip6", "Dhcp", "DhcpRange", "Dns")))
-            assert inline == expected
 
 
 def test_readme_commands_are_the_scripts():

@@ -36,6 +36,8 @@ let
   # schema: NixImage
   nixImageModule = {
     options = {
+      flake = opt (nullOr types.str) null "Build a flake's NixOS configuration instead of a file: FLAKEREF#NAME (nixosConfigurations.NAME.config.system.build.images.qemu); path is then left out.";
+      attribute = opt (nullOr types.str) null "With path a flake's directory: build its nixosConfigurations.ATTRIBUTE.";
       size = opt (nullOr types.ints.positive) null "Virtual size of the overlay; default: the base image's. Raising it grows the overlay in place (live while the guest runs); lowering it is refused.";
       unit = opt (types.enum [ "K" "M" "G" "T" ]) "G" "Unit of size.";
       onImageChange = opt (types.enum [ "keep" "recreate" ]) "keep" "Keep the overlay on the old base, or recreate it.";
@@ -50,7 +52,7 @@ let
       device = opt (types.enum [ "disk" "cdrom" ]) "disk" "How the guest sees it.";
       driver.name = opt (types.enum [ "qemu" "tap" "tap2" "phy" "file" ]) "qemu" "Hypervisor driver.";
       driver.type = opt (nullOr (types.enum [ "aio" "raw" "bochs" "qcow2" "qed" "fat" ])) null "Image format.";
-      path = req (types.either types.path types.str) "nix: a NixOS configuration; file/block/dir: a host path; volume: POOL/VOLUME.";
+      path = opt (nullOr (types.either types.path types.str)) null "nix: a NixOS configuration file (or, with nix.attribute, a flake's directory; left out with nix.flake); file/block/dir: a host path; volume: POOL/VOLUME.";
       target = opt (nullOr types.str) null "Guest device name (vda, sdb, ...).";
       readOnly = opt types.bool false "Attach read-only.";
       nix = opt (nullOr (types.submodule nixImageModule)) null "Overlay settings of a nix disk.";
@@ -169,6 +171,8 @@ in
     imageRetention = opt types.str "7d"
       "How long a base image no overlay uses keeps its GC root (12h, 30m, 0, or never); `nix-collect-garbage` then frees it.";
     extraArgs = opt (types.listOf types.str) [ ] "Extra arguments for `nvirtd run`.";
+    extraPackages = opt (types.listOf types.package) [ ]
+      "More packages on the daemon's PATH: what a --build-command (in extraArgs) runs, or nixos-generators where the nixpkgs on NIX_PATH is older than 25.05.";
     domains = opt (types.attrsOf (types.submodule domainModule)) { } "VMs, as in /etc/nvirt.d/*.json.";
     networks = opt (types.attrsOf (types.submodule networkModule)) { } "libvirt networks.";
   };
@@ -177,24 +181,57 @@ in
     virtualisation.libvirtd.enable = true;
     environment.etc."nvirt.d/nixos.json".source = configFile;
     environment.systemPackages = [ cfg.package ];
+    # Kept equal to contrib/systemd/nvirtd.service (a test compares them), but for ExecStart's
+    # options and the environment, which only NixOS knows.
     systemd.services.nvirtd = {
       description = "nvirtd: declarative VM manager for libvirt";
       wantedBy = [ "multi-user.target" ];
       wants = [ "libvirtd.service" ];
-      after = [ "libvirtd.service" "nix-daemon.service" ];
+      after = [ "libvirtd.service" "virtqemud.service" "nix-daemon.service" "network-online.target" ];
       reloadTriggers = [ configFile ];
-      # nix, the default image builder (nixos-generate), qemu-img and ip
-      path = [ config.nix.package pkgs.nixos-generators pkgs.qemu_kvm pkgs.iproute2 ];
+      # nix builds go through nix-daemon (the store is read-only to the service), with the
+      # host's nixpkgs: its image builder (system.build.images.qemu) builds nix disks
+      environment = {
+        NIX_REMOTE = "daemon";
+        NIX_PATH = lib.concatStringsSep ":" config.nix.nixPath;
+      };
+      # nix, qemu-img, ip (guests back on a restarted network's bridge), git (flakes in git)
+      path = [ config.nix.package pkgs.qemu_kvm pkgs.iproute2 pkgs.git ] ++ cfg.extraPackages;
       serviceConfig = {
         Type = "notify-reload";
         ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri "--instance" cfg.instance
+          "--config-dir" "/etc/nvirt.d" "--state-dir" "/var/lib/nvirtd"
           "--start-concurrency" (toString cfg.startConcurrency) "--image-retention" cfg.imageRetention ] ++ cfg.extraArgs);
         NotifyAccess = "main";
         WatchdogSec = "30s";
         Restart = "on-failure";
+        RestartSec = "2s";
+        TimeoutStartSec = "120s";
+        TimeoutStopSec = "30s";
+        # VMs are libvirtd's children: stopping nvirtd stops only nvirtd and its builds
         KillMode = "mixed";
         StateDirectory = "nvirtd";
         StateDirectoryMode = "0700";
+        ConfigurationDirectory = "nvirt.d";
+        ConfigurationDirectoryMode = "0755";
+        ProtectSystem = "strict";
+        ReadWritePaths = [ "-/var/lib/libvirt/images" "-/nix/var/nix" ];
+        ProtectHome = true;
+        PrivateTmp = true;
+        NoNewPrivileges = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        RestrictNamespaces = true;
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
+        SystemCallArchitectures = "native";
+        UMask = "0022";
       };
     };
   };

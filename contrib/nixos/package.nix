@@ -4,7 +4,11 @@ python3Packages.buildPythonApplication {
   pname = "nvirtd";
   version = "0.1.0";
   pyproject = true;
-  src = lib.cleanSource ../..;
+  # the daemon and what the build reads; not a checkout's .venv, tests or benchmarks
+  src = lib.cleanSourceWith {
+    src = lib.cleanSource ../..;
+    filter = path: _type: !(builtins.elem (baseNameOf path) [ ".venv" "tests" "bench" ".ci" ]);
+  };
   build-system = [ python3Packages.setuptools ];
   dependencies = with python3Packages; [ libvirt pydantic structlog watchdog sdnotify ];
   doCheck = false;  # the test suite needs a running libvirtd, QEMU and nix

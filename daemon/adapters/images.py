@@ -29,12 +29,14 @@ import structlog
 from ..runtime import clock
 from ..core import backoff
 from ..core.backoff import Backoff
+from ..core.build_progress import BuildProgress
 from ..core.identity import gc_root_name
 from ..core.observed import BuildPhase, BuildState
 from ..core.spec_base import human_bytes
 from ..errors import CommandError, PermanentError
 from ..runtime.atomicfile import atomic_write
 from . import image_gc, proc
+from .image_builders import Builders
 
 log = structlog.get_logger("nvirtd.images")
 NIX_STORE = "/nix/store"
@@ -44,9 +46,6 @@ NIX_STORE = "/nix/store"
 def store_pattern(store_dir: str = NIX_STORE) -> re.Pattern[str]:
     """A path in the nix store (nix's NIX_STORE_DIR; the simulation keeps one in a temp dir)."""
     return re.compile(rf"^({re.escape(store_dir)}/[0-9a-z]{{32}}-[^/\s]+)(/\S*)?$")
-
-
-DEFAULT_BUILD_COMMAND = ("nixos-generate", "-f", "qcow", "-c", "{path}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +79,18 @@ def store_root(image: str, store_dir: str = NIX_STORE) -> str:
 
 
 def parse_build_output(stdout: str, store_dir: str = NIX_STORE) -> str:
-    """The store path the builder printed last (its result), not a guess."""
-    for line in reversed(stdout.strip().splitlines()):
+    """The store path the builder printed last (its result), not a guess; or, from `nix build
+    --json`, its first output."""
+    text = stdout.strip()
+    if text.startswith("["):
+        try:
+            outputs = json.loads(text)[0]["outputs"]
+            out = outputs.get("out") or next(iter(outputs.values()))
+        except (ValueError, LookupError, TypeError, AttributeError, StopIteration):
+            out = ""
+        if isinstance(out, str) and store_pattern(store_dir).match(out):
+            return out
+    for line in reversed(text.splitlines()):
         line = line.strip()
         if store_pattern(store_dir).match(line):
             return line
@@ -99,14 +108,15 @@ def find_image(result: str) -> str:
 
 
 class Images:
-    def __init__(self, *, state_dir: str, build_command: tuple[str, ...] = DEFAULT_BUILD_COMMAND, jobs: int = 2,
+    def __init__(self, *, state_dir: str, build_command: tuple[str, ...] | None = None, jobs: int = 2,
                  on_built: Callable[[str], None] = lambda path: None, retry_delay: float | None = None,
                  build_env: dict[str, str] | None = None, store_dir: str | None = None,
-                 build_timeout: float | None = None) -> None:
+                 build_timeout: float | None = None, on_progress: Callable[[], None] = lambda: None) -> None:
         self.roots_dir = Path(state_dir) / "gcroots"
         self.registry_path = Path(state_dir) / "overlays.json"
-        self.build_command = tuple(build_command)
+        self.builders = Builders(build_command, build_env)  # --build-command, or the host's own builder
         self.on_built = on_built
+        self.on_progress = on_progress  # a running build wrote a line (see progress())
         self.retry_delay = retry_delay  # the first retry's wait (core/backoff.py's build row if None)
         self.build_env = build_env
         self.build_timeout = build_timeout  # a build that never ends is a failure, retried with backoff
@@ -116,25 +126,36 @@ class Images:
         self._builds: dict[str, BuildState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
+        self._progress: dict[str, BuildProgress] = {}
+        self._stale: set[str] = set()  # invalidated while building: built again once this build ends
 
     # ---- builds ---------------------------------------------------------------------
     def build_state(self, path: str) -> BuildState:
         return self._builds.get(path, BuildState())
 
-    def request_build(self, path: str) -> None:
-        """Start a background build of `path` unless one runs; returns at once."""
+    def request_build(self, path: str, *, flake: bool = False) -> None:
+        """Start a background build of `path` (a configuration file, or with `flake` a flake
+        installable) unless one runs; returns at once."""
         if path in self._tasks:
             return
         self._builds[path] = BuildState(BuildPhase.building)
-        self._tasks[path] = asyncio.create_task(self._build(path), name=f"build {path}")
+        self._tasks[path] = asyncio.create_task(self._build(path, flake), name=f"build {path}")
 
     def invalidate(self, paths: set[str] | None = None) -> None:
         """Forget finished builds so the next reconcile re-evaluates them (reload); a failed one
-        is tried again at once, its backoff started afresh (a reload is the user's "try now")."""
+        is tried again at once, its backoff started afresh (a reload is the user's "try now").
+        A build still running is not started twice: it is evaluated again once it ends."""
         for path in list(self._builds):
-            if (paths is None or path in paths) and path not in self._tasks:
+            if paths is None or path in paths:
+                if path in self._tasks:
+                    self._stale.add(path)
+                    continue
                 del self._builds[path]
                 self._failures.pop(path, None)
+
+    def progress(self) -> dict[str, dict[str, object]]:
+        """Each running build's progress (core/build_progress.py; `nvirtd status` shows it)."""
+        return {path: p.as_json() for path, p in sorted(self._progress.items())}
 
     def current_images(self) -> set[str]:
         """The images the builds of this process produced last (kept rooted while declared)."""
@@ -149,14 +170,17 @@ class Images:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def _build(self, path: str) -> None:
-        argv = [part.replace("{path}", path) for part in self.build_command]
+    async def _build(self, path: str, flake: bool) -> None:
         started = clock.monotonic()
         try:
             async with self._jobs:
+                argv = await self.builders.argv(path, flake=flake)
                 log.info("image_build_started", config=path, argv=argv)
+                progress = self._progress[path] = BuildProgress(clock.wall())
+                self.on_progress()
                 try:
-                    result = await proc.run(argv, env=self.build_env, config=path, timeout=self.build_timeout)
+                    result = await proc.run(argv, env=self.build_env, config=path, timeout=self.build_timeout,
+                                            on_line=lambda line: self._line(progress, line))
                 except TimeoutError:
                     raise PermanentError(f"the build did not finish within {self.build_timeout:g}s") from None
                 image = find_image(parse_build_output(result.stdout, self.store_dir))
@@ -175,7 +199,17 @@ class Images:
             log.error("image_build_failed", config=path, retry_in=delay, log_tail=_tail_lines(tail))
         finally:
             self._tasks.pop(path, None)
+            self._progress.pop(path, None)
+            self.on_progress()
+        if path in self._stale:  # a reload asked for it again while it ran: evaluate it once more
+            self._stale.discard(path)
+            self._builds.pop(path, None)
+            self._failures.pop(path, None)
         self.on_built(path)
+
+    def _line(self, progress: BuildProgress, line: str) -> None:
+        progress.feed(line)
+        self.on_progress()
 
     # ---- GC roots -------------------------------------------------------------------
     def root_of(self, image: str) -> str:

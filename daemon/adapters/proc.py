@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -27,7 +28,10 @@ class Result:
 
 
 async def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
-              timeout: float | None = None, **fields: object) -> Result:
+              timeout: float | None = None, on_line: Callable[[str], None] | None = None,
+              **fields: object) -> Result:
+    """Run argv to its end. `on_line` gets each line of stderr as it comes (a build's
+    progress); the stderr kept is then its last TAIL_BYTES."""
     if not argv or not all(isinstance(a, str) for a in argv):
         raise TypeError("run() takes a non-empty list of strings")
     log.debug("command_started", argv=argv, **fields)
@@ -41,7 +45,8 @@ async def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | 
     except FileNotFoundError:
         raise PermanentError(f"{argv[0]}: command not found (install it, or fix PATH)") from None
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        communicate = proc.communicate() if on_line is None else _streaming(proc, on_line)
+        out, err = await asyncio.wait_for(communicate, timeout)
     except (TimeoutError, asyncio.CancelledError):
         # the whole group: a child that kept the output pipes open would keep us waiting
         with contextlib.suppress(ProcessLookupError):
@@ -55,3 +60,25 @@ async def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | 
         raise CommandError(argv, proc.returncode or -1, tail)
     log.debug("command_finished", argv=argv, **fields)
     return Result(stdout, stderr)
+
+
+async def _streaming(proc: asyncio.subprocess.Process, on_line: Callable[[str], None]) -> tuple[bytes, bytes]:
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr = proc.stderr
+    tail = bytearray()
+
+    async def lines() -> None:
+        pending = b""  # read in chunks, not readline(): a line of any length is fine
+        while chunk := await stderr.read(65536):
+            tail.extend(chunk)
+            del tail[:-TAIL_BYTES]
+            *complete, pending = (pending + chunk).split(b"\n")
+            for line in complete:
+                on_line(line.decode(errors="replace"))
+            pending = pending[-TAIL_BYTES:]
+        if pending:
+            on_line(pending.decode(errors="replace"))
+
+    out, _ = await asyncio.gather(proc.stdout.read(), lines())
+    await proc.wait()
+    return out, bytes(tail)

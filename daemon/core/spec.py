@@ -151,7 +151,22 @@ class Driver(Model):
     )
 
 
+FLAKE_PATTERN = r"^[^\s#-][^\s#]*#[A-Za-z0-9_][A-Za-z0-9_.'-]*$"
+CONFIGURATION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_'-]*$"
+# what a nix disk's image is, in a NixOS configuration (NixOS 25.05 and later: nixpkgs' image builder)
+IMAGE_ATTRIBUTE = "config.system.build.images.qemu"
+
+
 class NixImage(Model):
+    flake: str | None = Field(
+        None, description="Build a flake's NixOS configuration instead of a file: FLAKEREF#NAME is "
+        f"nixosConfigurations.NAME.{IMAGE_ATTRIBUTE} (FLAKEREF#ATTR.PATH: that attribute, any qcow2 image); "
+        "`path` is then left out."
+    )
+    attribute: str | None = Field(
+        None, description="With `path` a flake's directory: build its nixosConfigurations.ATTRIBUTE "
+        "(the same as flake PATH#ATTRIBUTE)."
+    )
     size: int | None = Field(
         None, ge=1, description="Virtual size of the overlay; default: the base image's size. Raising it grows "
         "the overlay in place (live while the guest runs); lowering it is refused."
@@ -172,16 +187,32 @@ class NixImage(Model):
         if self.size_bytes is not None and self.size_bytes > MAX_DISK_BYTES:
             raise ValueError(f"@size: {self.size} {self.unit.value} is more than a qcow2 overlay can hold "
                              "(2048 T)")
+        if self.flake is not None and self.attribute is not None:
+            raise ValueError("@attribute: give either flake (FLAKEREF#NAME) or path with attribute, not both")
+        if self.flake is not None and not re.fullmatch(FLAKE_PATTERN, self.flake):
+            raise ValueError(f"@flake: {self.flake!r} is not FLAKEREF#NAME (e.g. /etc/nixos#web: the flake's "
+                             "nixosConfigurations.web), without spaces, not starting with '-'")
+        if self.attribute is not None and not re.fullmatch(CONFIGURATION_PATTERN, self.attribute):
+            raise ValueError(f"@attribute: {self.attribute!r} is not a configuration name (letters, digits, _ ' -)")
         return self
+
+    def installable(self, path: str | None) -> str | None:
+        """The flake installable `nix build` is given, or None for a configuration file."""
+        ref = self.flake if self.flake is not None else (
+            f"{path}#{self.attribute}" if self.attribute is not None else None)
+        if ref is None:
+            return None
+        flake, fragment = ref.rsplit("#", 1)
+        return ref if "." in fragment else f"{flake}#nixosConfigurations.{fragment}.{IMAGE_ATTRIBUTE}"
 
 
 class Disk(Model):
     type: DiskType = Field(strict=False, description="Where the disk comes from.")
     device: DiskDevice = Field(strict=False, default=DiskDevice.disk, description="How the guest sees it.")
     driver: Driver = Field(default_factory=Driver, description="libvirt's <driver> of the disk.")
-    path: str = Field(
-        description="nix: a NixOS configuration; file/block/dir: an absolute host path; "
-        "volume: POOL/VOLUME."
+    path: str | None = Field(
+        None, description="nix: a NixOS configuration file (or, with nix.attribute, a flake's directory; "
+        "left out with nix.flake); file/block/dir: an absolute host path; volume: POOL/VOLUME."
     )
     target: Annotated[str, Field(pattern=TARGET_PATTERN)] | None = Field(
         None, description="Guest device name (vda, sdb, ...); default: next free vdX (sdX for cdrom)."
@@ -192,19 +223,41 @@ class Disk(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        flake = self.nix is not None and self.nix.flake is not None
+        if self.type == DiskType.nix and flake:
+            if self.path is not None:
+                raise ValueError("@path: a disk built from nix.flake has no path (give either, not both)")
+            return self._nix_disk()
+        if self.path is None:
+            raise ValueError("@path: required option is missing" + (" (or give nix.flake)" if self.type == DiskType.nix else ""))
         if self.type == DiskType.volume:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.+-]+", self.path):
                 raise ValueError(f"@path: a volume disk's path is POOL/VOLUME, not {self.path!r}")
         elif not self.path.startswith("/"):
             raise ValueError(f"@path: {self.path!r} is not an absolute path")
         if self.type == DiskType.nix:
-            if self.driver.type not in (None, DriverType.qcow2):
-                raise ValueError("@driver.type: a nix disk is a qcow2 overlay: driver.type must be qcow2")
-            if self.device != DiskDevice.disk:
-                raise ValueError("@device: a nix disk must have device 'disk'")
-        elif self.nix is not None:
+            return self._nix_disk()
+        if self.nix is not None:
             raise ValueError("@nix: 'nix' settings only apply to disks of type nix")
         return self
+
+    def _nix_disk(self) -> Self:
+        if self.driver.type not in (None, DriverType.qcow2):
+            raise ValueError("@driver.type: a nix disk is a qcow2 overlay: driver.type must be qcow2")
+        if self.device != DiskDevice.disk:
+            raise ValueError("@device: a nix disk must have device 'disk'")
+        return self
+
+    @property
+    def build_source(self) -> str:
+        """What a nix disk's image is built from, and what its build is known by: the
+        configuration file, or the flake installable."""
+        installable = self.nix.installable(self.path) if self.nix is not None else None
+        return installable if installable is not None else str(self.path)
+
+    @property
+    def is_flake(self) -> bool:
+        return self.nix is not None and self.nix.installable(self.path) is not None
 
     @property
     def format(self) -> DriverType:

@@ -22,7 +22,7 @@ ALLOWED = {
     "domain_kind": {"core", "adapters", "runtime", "errors"},
     "network_kind": {"core", "adapters", "runtime", "errors"},
     "configstore": {"core", "configfiles", "declared", "runtime", "settings", "status"},
-    "status": {"runtime"},
+    "status": {"core", "runtime"},
     "core": {"core"},
     "errors": set(),
     "runtime": {"runtime"},

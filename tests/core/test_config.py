@@ -24,6 +24,26 @@ def test_seed_module_options_parse_with_their_names():
     assert disk.driver.name.value == "qemu" and disk.read_only is False
 
 
+@pytest.mark.parametrize("nix,path,installable", [
+    ({"flake": "/etc/nixos#web"}, None,
+     "/etc/nixos#nixosConfigurations.web.config.system.build.images.qemu"),
+    ({"attribute": "web"}, "/etc/nixos", "/etc/nixos#nixosConfigurations.web.config.system.build.images.qemu"),
+    ({"flake": "github:me/hosts?ref=v2#packages.x86_64-linux.web-image"}, None,
+     "github:me/hosts?ref=v2#packages.x86_64-linux.web-image"),  # a full attribute path is used as it is
+])
+def test_a_nix_disk_can_name_a_flake_output(nix, path, installable):
+    disk = {"type": "nix", "nix": nix, **({"path": path} if path else {})}
+    parsed = parse_text("web.json", json.dumps(_dom(disks={"root": disk})))
+    assert parsed.ok, parsed.errors
+    root = parsed.config.domains["web"].disks["root"]
+    assert root.is_flake and root.build_source == installable
+
+
+def test_a_configuration_file_is_built_as_itself():
+    root = parse_text("web.json", json.dumps(GOOD)).config.domains["web"].disks["root"]
+    assert not root.is_flake and root.build_source == "/etc/nvirt.d/web.nix"
+
+
 @pytest.mark.parametrize("unit,factor", [("b", 1), ("bytes", 1), ("KB", 1000), ("k", 1024), ("KiB", 1024),
                                          ("MB", 10**6), ("M", 2**20), ("MiB", 2**20), ("GB", 10**9),
                                          ("G", 2**30), ("GiB", 2**30), ("TB", 10**12), ("T", 2**40),
@@ -71,6 +91,19 @@ BAD = [
     pytest.param(_dom(state="paused"), "domains.web.state", "'paused' is not one of running, stopped", id="bad-state"),
     pytest.param(_dom(disks={"r": {"type": "file"}}), "domains.web.disks.r.path", "required option is missing",
                  id="missing-path"),
+    pytest.param(_dom(disks={"r": {"type": "nix", "path": "/etc/nixos", "nix": {"flake": "/etc/nixos#web"}}}),
+                 "domains.web.disks.r.path", "a disk built from nix.flake has no path", id="flake-and-path"),
+    pytest.param(_dom(disks={"r": {"type": "nix", "nix": {"flake": "/etc/nixos"}}}),
+                 "domains.web.disks.r.nix.flake", "is not FLAKEREF#NAME", id="flake-without-output"),
+    pytest.param(_dom(disks={"r": {"type": "nix", "nix": {"flake": "--option x#web"}}}),
+                 "domains.web.disks.r.nix.flake", "not starting with '-'", id="flake-like-an-option"),
+    pytest.param(_dom(disks={"r": {"type": "nix", "nix": {"attribute": "web"}}}),
+                 "domains.web.disks.r.path", "required option is missing (or give nix.flake)",
+                 id="attribute-without-path"),
+    pytest.param(_dom(disks={"r": {"type": "nix", "path": "/etc/nixos", "nix": {"attribute": "web", "flake": "/x#y"}}}),
+                 "domains.web.disks.r.nix.attribute", "either flake", id="flake-and-attribute"),
+    pytest.param(_dom(disks={"r": {"type": "file", "nix": {"flake": "/etc/nixos#web"}}}),
+                 "domains.web.disks.r.path", "required option is missing", id="flake-on-a-file-disk"),
     pytest.param(_dom(interfaces={"lan": {"network": "a", "bridge": "br0"}}), "domains.web.interfaces.lan",
                  "give exactly one of 'network' and 'bridge'", id="nic-two-targets"),
     pytest.param({"networks": {"lab": {"ip": {"address": "10.0.0.1", "prefix": 24},

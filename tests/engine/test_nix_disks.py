@@ -123,3 +123,37 @@ async def test_garbage_collected_base_is_rebuilt_before_the_domain_starts(dirs, 
     await wait_for(lambda: state(fresh_libvirt, "web") == libvirt.VIR_DOMAIN_RUNNING, 30, "restarted")
     assert os.path.exists(base), "started before its base image was back"
     assert overlay(dirs, "web").stat().st_ino == inode  # the overlay was kept
+
+
+async def test_a_flake_disk_is_built_with_its_progress_in_status(dirs, settings, start_daemon, fresh_libvirt,
+                                                                  tmp_path, monkeypatch):
+    """`nix: {flake: "DIR#web"}`: nix build of nixosConfigurations.web, the build's progress in
+    status.json (and the table) while it runs, then an overlay on the rooted result."""
+    import platform
+
+    from daemon import status as status_mod
+    from tests.adapters.test_image_builders import FLAKE
+    for key, value in nix_env().items():
+        monkeypatch.setenv(key, value)
+    flake = tmp_path / "hosts"
+    flake.mkdir()
+    slow = FLAKE.replace("set -e; echo", "set -e; echo started; sleep 2; echo")  # long enough to be seen
+    (flake / "flake.nix").write_text(slow.replace("MARKER", str(tmp_path)).replace("SYSTEM", f"{platform.machine()}-linux"))
+    d = await start_daemon(settings)  # (it waits for builds to end: the domain comes after)
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain(disks={"root": {
+        "type": "nix", "nix": {"flake": f"{flake}#web", "size": 1, "unit": "G"}}})}})
+    await d.daemon.reload(explicit=False)
+    installable = f"{flake}#nixosConfigurations.web.config.system.build.images.qemu"
+    await wait_for(lambda: d.daemon.status.daemon.get("builds", {}).get(installable, {}).get("last_line") == "started",
+                   30, "the build's first line")
+    build = d.daemon.status.daemon["builds"][installable]
+    assert build["domains"] == ["web"] and build["last_line"] == "started"
+    d.daemon.status.flush()
+    table = status_mod.render_table(status_mod.load(str(dirs["state"])))
+    assert "image builds:" in table and f"{installable}  (for web)" in table and ": started" in table
+    assert d.entry("web").phase == "building"
+    await d.settle(60)
+    assert state(fresh_libvirt, "web") == libvirt.VIR_DOMAIN_RUNNING
+    info = await image_info(str(overlay(dirs, "web")))
+    assert info.backing.endswith("/nixos-image-qemu.qcow2") and info.virtual_size == 2**30
+    assert d.daemon.status.daemon["builds"] == {}

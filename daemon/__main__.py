@@ -31,6 +31,17 @@ def _number(kind: type, value: str) -> float:
         raise argparse.ArgumentTypeError(f"{value!r} is not {'a whole number' if kind is int else 'a number'}") from None
 
 
+def _metrics_address(value: str) -> str:
+    if value.startswith("unix:"):
+        if value.startswith("unix:/"):
+            return value
+        raise argparse.ArgumentTypeError(f"{value!r}: a unix socket is unix:/ABSOLUTE/PATH")
+    host, sep, port = value.rpartition(":")
+    if sep and host and port.isdigit() and 0 < int(port) < 65536:
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither unix:/ABSOLUTE/PATH nor HOST:PORT")
+
+
 def _positive_int(value: str) -> int:
     number = int(_number(int, value))
     if number < 1:
@@ -102,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--build-jobs", type=_positive_int, default=d.build_jobs)
     run.add_argument("--build-timeout", type=_positive_float, default=d.build_timeout, metavar="SECONDS",
                      help="stop a nix build that runs longer, and retry it with backoff (default: %(default)gs)")
+    run.add_argument("--metrics", type=_metrics_address, default=None, metavar="ADDRESS",
+                     help="serve Prometheus metrics at GET /metrics on unix:PATH or HOST:PORT "
+                          "(e.g. 127.0.0.1:9477); off by default")
     run.add_argument("--image-retention", type=_duration, default=d.image_retention, metavar="DURATION",
                      help="a base image no overlay uses loses its GC root after this long "
                           "(default 7d; 12h, 30m, 0, or never)")
@@ -127,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show domains and networks as the daemon sees them")
     _state_of(st)
     st.add_argument("--json", action="store_true")
+    st.add_argument("--no-addresses", action="store_true",
+                    help="do not ask libvirt for the running guests' IP addresses (DHCP leases, guest agent)")
 
     rl = sub.add_parser("reload", help="make the running daemon re-read its config and wait for it")
     _state_of(rl)

@@ -82,10 +82,16 @@ class Daemon:
         declared_networks = lambda: self.config.desired.networks if self.config.desired else ()  # noqa: E731
         kinds = [DomainKind(self.hv, self.images, self.expectations, images_dir=settings.images_dir,
                             state_dir=settings.state_dir, declared_networks=declared_networks,
-                            start_concurrency=settings.start_concurrency),
+                            start_concurrency=settings.start_concurrency, start_order=self.config.start_order),
                  NetworkKind(self.hv)]
+        self.metrics: Any = None
+        if settings.metrics:  # prometheus_client is imported only when asked for
+            from .metrics import Metrics
+            self.metrics = Metrics(self._metrics_state)
+            self.images.on_finished = self.metrics.observe_build
         self.pipeline = Pipeline(kinds, self.config, self.status, wake=self.queue.add,
-                                 connection_lost=self.link.lost)
+                                 connection_lost=self.link.lost,
+                                 on_pass=self.metrics.observe_pass if self.metrics else None)
         self.hv.subscribe(libvirt_events.sink(self.queue.add, self.link.lost, self.expectations))
         self.reloads = ReloadTracker(self.status, self.notifier)
         self.lock = StateLock(settings.state_dir)
@@ -157,6 +163,12 @@ class Daemon:
     def _is_defined(self, name: str) -> bool:
         entry = self.status.entries.get(("domain", name))
         return entry is not None and entry.phase in ("running", "stopped", "defined", "stopping")
+
+    def _metrics_state(self) -> dict[str, Any]:
+        return {"queue_depth": len(self.queue.keys), "builds_running": self.images.building,
+                "ready": 1 if self.ready.is_set() else 0, "uri": self.settings.uri,
+                "libvirt_state": self.status.libvirt["state"], "reload_at": self.status.reload.get("finished_at"),
+                "reload_errors": len(self.status.config_errors), "entries": list(self.status.entries.values())}
 
     def _report_builds(self) -> None:
         """The running builds, their progress and the domains waiting on each, in status.json."""
@@ -281,6 +293,10 @@ class Daemon:
     async def _run_locked(self) -> None:
         watcher = None
         try:
+            metrics_server = None
+            if self.metrics is not None:  # before anything else: a taken address is a clear, early exit
+                from .metrics import open_server
+                metrics_server = await open_server(self.metrics, str(self.settings.metrics))
             if not await self.link.connect_with_backoff(self.stop_event):
                 return
             await self.reload(explicit=False)
@@ -302,6 +318,9 @@ class Daemon:
                     ("backups", lambda: self.backups.loop(self.stop_event, self.ready)),
                     ("watchdog", lambda: self.notifier.watchdog_loop(self.stop_event)),
                     ("ready", self._announce_ready)]
+                if metrics_server is not None:
+                    from .metrics import serve
+                    loops.append(("metrics", lambda: serve(metrics_server, self.stop_event)))
                 helpers = [tg.create_task(self._supervised(name, fn), name=name) for name, fn in loops]
                 if not self._initial:
                     self.ready.set()
@@ -321,8 +340,13 @@ class Daemon:
                 await self.images.cancel_builds()
             with contextlib.suppress(Exception):
                 self.status.flush()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.hv.settle(), timeout=1.0)  # a restart then changes nothing
+            settling = self.hv.settle()  # every fingerprint recorded: a restart then changes nothing
+            try:
+                await asyncio.wait_for(settling, timeout=1.0)
+            except Exception:  # noqa: BLE001 - best effort, like every step here
+                pass
+            finally:
+                settling.close()  # not started at all (a cancelled stop): no "never awaited" warning
             with contextlib.suppress(Exception):
                 await self.hv.close(timeout=1.0)
             self.hv.shutdown_pool()

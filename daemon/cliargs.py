@@ -50,6 +50,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         start_concurrency=getattr(args, "start_concurrency", d.start_concurrency),
         resync_interval=getattr(args, "resync_interval", d.resync_interval),
         image_retention=getattr(args, "image_retention", d.image_retention),
+        metrics=getattr(args, "metrics", d.metrics),
         watch=not getattr(args, "no_watch", False),
         trust_checks=not getattr(args, "no_trust_checks", False),
     )

@@ -18,6 +18,7 @@ from .settings import Settings
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import Daemon
+    from .errors import StartupError
     from .runtime.statelock import StateDirLocked
 
     settings = settings_from(args)
@@ -42,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(go())
-    except StateDirLocked as exc:
+    except (StateDirLocked, StartupError) as exc:
         print(f"nvirtd: {exc}", file=sys.stderr)
         return EXIT_ERROR
     code = EXIT_OK
@@ -190,11 +191,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     if data is None:
         return EXIT_ERROR
     alive = _alive(data.get("daemon", {}).get("pid"))
+    if not args.no_addresses:
+        _add_addresses(data)
     if args.json:
         print(json.dumps({**data, "daemon": {**data.get("daemon", {}), "running": alive}}, indent=2))
     else:
         print(status_mod.render_table(data) + ("" if alive else "\n(nvirtd is not running: this is its last status)"))
     return EXIT_OK
+
+
+def _add_addresses(data: dict) -> None:
+    """Each running domain's IP addresses, by NIC name, read from libvirt now (they change
+    without events, so the daemon never stores them); a libvirt that does not answer is a
+    warning, not a failure."""
+    uri = (data.get("libvirt") or {}).get("uri")
+    running = [e for e in data.get("domains", []) if e.get("phase") == "running"]
+    if not uri or not running:
+        return
+    from .adapters.hypervisor_addresses import read_guest_addresses
+    try:
+        found = read_guest_addresses(uri, [e["name"] for e in running])
+    except Exception as exc:  # noqa: BLE001 - libvirt gone, hung or refusing: the rest of the status stands
+        why = "did not answer within 5 s" if isinstance(exc, TimeoutError) else str(exc).strip()
+        data.setdefault("warnings", []).append(f"no guest addresses: libvirt at {uri} {why}")
+        return
+    for entry in running:
+        by_mac = found.get(entry["name"])
+        if by_mac is None:
+            continue
+        names = {mac.lower(): nic for nic, mac in (entry.get("interfaces") or {}).items()}
+        entry["addresses"] = {names.get(mac, mac): addrs for mac, addrs in sorted(by_mac.items())}
 
 
 def _alive(pid: int | None) -> bool:

@@ -24,6 +24,7 @@ from .core.domain_xml import RenderContext
 from .core.keys import Key, Kind
 from .core.record import Wanted
 from .core.spec import ConfigFile, DiskType
+from .core.start_order import dependents_of
 from .declared import write_declared
 from .runtime import clock
 from .settings import Settings
@@ -51,6 +52,10 @@ class ConfigStore:
         self._last_good: dict[str, ConfigFile] = {}
         self._may_declare: Callable[[str], str | None] = lambda name: None
         self._broken: dict[str, str] = {}
+        # startAfter of every domain declared now, and of those removed since (until a new one has the
+        # name): a removal stops dependents first, which only the last config that had them knows
+        self._after: dict[str, tuple[str, ...]] = {}
+        self._dependents: dict[str, tuple[str, ...]] = {}
 
     async def reload(self, *, explicit: bool) -> Reloaded:
         started = clock.wall()
@@ -95,6 +100,9 @@ class ConfigStore:
         changed = broken != self._broken
         self._broken, self._may_declare = broken, functools.partial(may_declare, broken)
         self.desired = rendered
+        now = {n: tuple(d.spec.start_after) for n, d in rendered.domains.items()}
+        self._after = {**{n: a for n, a in self._after.items() if n not in now}, **now}
+        self._dependents = dependents_of(self._after)
         return Reloaded(rendered, keys, [str(e) for e in rendered.all_errors], nix_paths, broken_changed=changed)
 
     def _unreadable(self, problem: DirectoryProblem) -> Reloaded:
@@ -130,6 +138,10 @@ class ConfigStore:
             errors = tuple(str(e) for e in desired.all_errors if e.file == source and e.about("domain", key.name))
         return Wanted(key.name, obj, source, held=held, conflict=conflict, instance=instance, users=users,
                       config_errors=errors)
+
+    def start_order(self, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(the domains `name` starts after, the domains that start after it)."""
+        return self._after.get(name, ()), self._dependents.get(name, ())
 
     def waiting_on_build(self, config_path: str) -> list[Key]:
         """Domains whose nix disks use `config_path` (looked at again when its build ends)."""

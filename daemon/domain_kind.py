@@ -50,8 +50,11 @@ class DomainKind:
     plan = staticmethod(plan_domain)
 
     def __init__(self, hv: HypervisorLike, images: Images, expectations: Expectations, *, images_dir: str,
-                 state_dir: str, declared_networks: Callable[[], Collection[str]], start_concurrency: int = 0) -> None:
+                 state_dir: str, declared_networks: Callable[[], Collection[str]], start_concurrency: int = 0,
+                 start_order: Callable[[str], tuple[tuple[str, ...], tuple[str, ...]]] = lambda name: ((), ())
+                 ) -> None:
         self.hv = hv
+        self.start_order = start_order  # configstore.start_order: (starts after, started after it)
         # a boot storm's cap: a batch that starts a guest waits for a slot (the rest of the
         # pipeline, and domains that need no start, go on meanwhile)
         self.start_slots = asyncio.Semaphore(start_concurrency) if start_concurrency > 0 else None
@@ -65,7 +68,11 @@ class DomainKind:
     async def observe(self, name: str, desired: RenderedDomain | None) -> DomainObservation:
         observed = await self.hv.observe_domain(name)
         if desired is None:
-            return DomainObservation(observed)
+            after, dependents = self.start_order(name)
+            running = ()
+            if observed is not None and observed.power.active and dependents:
+                running = tuple([d for d in dependents if await self._runs(d)])
+            return DomainObservation(observed, dependents_running=running, wake_after=after)
         networks = ()
         if observed is None or not observed.power.active:  # only a start waits for them
             declared = self.declared_networks()
@@ -76,8 +83,18 @@ class DomainKind:
         if observed is not None and observed.power.active and any(
                 ov.wanted_size is not None and ov.wanted_size > ov.virtual_size > 0 for ov in overlays):
             live_disks = await self.hv.live_disks(name)
+        after, dependents = self.start_order(name)
+        waiting = ()
+        if after and (observed is None or not observed.power.active):
+            waiting = tuple([d for d in after if not await self._runs(d)])
         return DomainObservation(observed, overlays=overlays, missing_paths=missing_paths(desired),
-                                 networks=networks, live_disks=live_disks)
+                                 networks=networks, live_disks=live_disks, waiting_for=waiting,
+                                 wake_after=dependents)
+
+    async def _runs(self, name: str) -> bool:
+        """Whether nvirtd's domain `name` is up (what startAfter waits for, and a removal for)."""
+        seen = await self.hv.observe_domain(name)
+        return seen is not None and seen.owned and seen.power.active
 
     async def _overlays(self, name: str, desired: RenderedDomain) -> tuple[OverlayState, ...]:
         states = []
@@ -97,6 +114,11 @@ class DomainKind:
                 wanted_size=disk.nix.size_bytes if disk.nix else None,
             ))
         return tuple(states)
+
+    def facts(self, desired: RenderedDomain) -> dict[str, Any]:
+        """For the status: each NIC's MAC, by which `nvirtd status` names the guest's addresses."""
+        return {"interfaces": {nic: identity.interface_mac(desired.uuid, nic, spec.mac)
+                               for nic, spec in desired.spec.interfaces.items()}}
 
     # ---- execute --------------------------------------------------------------------
     async def execute(self, name: str, desired: RenderedDomain | None, obs: DomainObservation, plan: Plan,

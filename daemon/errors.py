@@ -45,3 +45,7 @@ class ConnectionLost(TemporaryError):
 
 class HypervisorError(TemporaryError):
     """libvirt refused or failed an operation; retried with backoff."""
+
+
+class StartupError(Exception):
+    """The daemon cannot start as asked (a metrics address taken, ...): one line, exit 1."""

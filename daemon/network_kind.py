@@ -9,6 +9,8 @@ restart, which the log says).
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 
 from .adapters import hostnet
@@ -36,6 +38,9 @@ class NetworkKind:
         if desired is None and observed is not None and observed.owned:
             used_by = tuple(sorted(set(await self.hv.domains_using_network(name))))
         return NetworkObservation(observed, used_by=used_by)
+
+    def facts(self, desired: RenderedNetwork) -> dict[str, Any]:
+        return {}
 
     async def execute(self, name: str, desired: RenderedNetwork | None, obs: NetworkObservation, plan: Plan,
                       done: list[Action]) -> None:

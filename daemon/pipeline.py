@@ -35,6 +35,7 @@ class KindOps(Protocol):
     async def observe(self, name: str, desired: Any) -> Any: ...
     def plan(self, wanted: Wanted, obs: Any, record: Record, now: Now) -> Plan: ...
     async def execute(self, name: str, desired: Any, obs: Any, plan: Plan, done: list[Action]) -> Any: ...
+    def facts(self, desired: Any) -> dict[str, Any]: ...
 
 
 def now() -> Now:
@@ -43,8 +44,10 @@ def now() -> Now:
 
 class Pipeline:
     def __init__(self, kinds: list[KindOps], config: ConfigStore, status: StatusStore, *,
-                 wake: Callable[[Key], None], connection_lost: Callable[[str], None]) -> None:
+                 wake: Callable[[Key], None], connection_lost: Callable[[str], None],
+                 on_pass: Callable[[str, Failure | None, tuple[Action, ...], float], None] | None = None) -> None:
         self.kinds = {k.kind: k for k in kinds}
+        self.on_pass = on_pass  # metrics: kind, failure, actions done, seconds
         self.config = config
         self.status = status
         self.wake = wake
@@ -80,6 +83,8 @@ class Pipeline:
         folded = fold(record, outcome, now())
         after = next_look(folded, outcome)
         self._log(key, outcome, started, after)
+        if self.on_pass is not None:
+            self.on_pass(key.kind.value, failure, outcome.done, clock.monotonic() - started)
         if forgotten(outcome):
             self.records.pop(key, None)
             self.status.remove(key.kind.value, key.name)
@@ -131,6 +136,8 @@ class Pipeline:
         if error is None and wanted is not None and wanted.config_errors:
             error = "; ".join(wanted.config_errors)
         where = {"file": wanted.source} if wanted is not None else {}  # a failed look learnt no file
+        if wanted is not None and wanted.obj is not None:
+            where.update(self.kinds[key.kind].facts(wanted.obj))
         self.status.update(key.kind.value, key.name, phase=record.phase, conditions=sorted(record.conditions),
                            message=record.message, error=error, last_actions=list(record.last_actions),
                            disks=record.disks, **where)

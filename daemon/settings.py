@@ -24,6 +24,7 @@ class Settings:
     resync_interval: float = 600.0
     # a base image no overlay uses loses its GC root after this long (None: never); see image_gc.py
     image_retention: float | None = 7 * 86400.0
+    metrics: str | None = None  # --metrics: unix:PATH or HOST:PORT of the Prometheus endpoint (daemon/metrics.py)
     gc_interval: float = 3600.0  # how often roots are looked at (and once a minute after start)
     watch: bool = True
     debounce: float = 0.2

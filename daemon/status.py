@@ -42,6 +42,9 @@ class Entry:
     changed_at: float = field(default_factory=time.time)
     last_actions: list[str] = field(default_factory=list)
     disks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # NIC name -> MAC: `nvirtd status` names the guest's addresses by it (it reads them from
+    # libvirt when it runs; the daemon never stores addresses: see hypervisor_addresses)
+    interfaces: dict[str, str] = field(default_factory=dict)
 
 
 class StatusStore:
@@ -74,13 +77,13 @@ class StatusStore:
         if entry is None:
             entry = self.entries[(kind, name)] = Entry(kind=kind, name=name)
         before = (entry.phase, entry.conditions, entry.message, entry.error)
-        shown = (entry.file, entry.last_actions, entry.disks)
+        shown = (entry.file, entry.last_actions, entry.disks, entry.interfaces)
         for key, value in values.items():
             setattr(entry, key, value)
         if (entry.phase, entry.conditions, entry.message, entry.error) != before:
             entry.changed_at = clock.wall()
             self.mark_dirty()
-        elif (entry.file, entry.last_actions, entry.disks) != shown:
+        elif (entry.file, entry.last_actions, entry.disks, entry.interfaces) != shown:
             self.mark_dirty()
         return entry
 
@@ -176,6 +179,9 @@ def render_table(data: dict[str, Any]) -> str:
             done = e.get("last_actions") or []
             detail = e.get("error") or e.get("message") or (f"last did: {', '.join(done)}" if done else "")
             lines.append(f"{e['name']:<24} {e['phase']:<10} {','.join(e['conditions']) or '-':<28} {since:<20} {detail}")
+            for nic, addrs in (e.get("addresses") or {}).items():
+                shown = ", ".join(f"{a['address']} ({a['source']})" for a in addrs) or "no address yet"
+                lines.append(f"  {nic}: {shown}")
     builds = (data.get("daemon") or {}).get("builds") or {}
     if builds:
         lines.append("")

@@ -110,6 +110,7 @@ let
       disks = opt (types.attrsOf (types.submodule diskModule)) { } "Disks by name.";
       interfaces = opt (types.attrsOf (types.submodule interfaceModule)) { } "NICs by name.";
       shares = opt (types.attrsOf (types.submodule shareModule)) { } "Shared folders by mount tag.";
+      startAfter = opt (types.listOf types.str) [ ] "Domains this one starts after (started only while they run; stopped before them when removed together).";
       backup = opt (nullOr (types.submodule backupModule)) null "Scheduled backups with retention.";
     };
   };
@@ -170,6 +171,8 @@ in
       "Guests started at once, at most (0: as many as nvirtd's workers). Cap it where a boot storm overloads the storage or CPUs.";
     imageRetention = opt types.str "7d"
       "How long a base image no overlay uses keeps its GC root (12h, 30m, 0, or never); `nix-collect-garbage` then frees it.";
+    metrics = opt (nullOr types.str) null
+      "Serve Prometheus metrics at GET /metrics on unix:PATH or HOST:PORT (e.g. 127.0.0.1:9477); off when null.";
     extraArgs = opt (types.listOf types.str) [ ] "Extra arguments for `nvirtd run`.";
     extraPackages = opt (types.listOf types.package) [ ]
       "More packages on the daemon's PATH: what a --build-command (in extraArgs) runs, or nixos-generators where the nixpkgs on NIX_PATH is older than 25.05.";
@@ -201,7 +204,8 @@ in
         Type = "notify-reload";
         ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri "--instance" cfg.instance
           "--config-dir" "/etc/nvirt.d" "--state-dir" "/var/lib/nvirtd"
-          "--start-concurrency" (toString cfg.startConcurrency) "--image-retention" cfg.imageRetention ] ++ cfg.extraArgs);
+          "--start-concurrency" (toString cfg.startConcurrency) "--image-retention" cfg.imageRetention ]
+          ++ lib.optionals (cfg.metrics != null) [ "--metrics" cfg.metrics ] ++ cfg.extraArgs);
         NotifyAccess = "main";
         WatchdogSec = "30s";
         Restart = "on-failure";

@@ -111,12 +111,14 @@ class Images:
     def __init__(self, *, state_dir: str, build_command: tuple[str, ...] | None = None, jobs: int = 2,
                  on_built: Callable[[str], None] = lambda path: None, retry_delay: float | None = None,
                  build_env: dict[str, str] | None = None, store_dir: str | None = None,
-                 build_timeout: float | None = None, on_progress: Callable[[], None] = lambda: None) -> None:
+                 build_timeout: float | None = None, on_progress: Callable[[], None] = lambda: None,
+                 on_finished: Callable[[bool, float], None] = lambda ok, seconds: None) -> None:
         self.roots_dir = Path(state_dir) / "gcroots"
         self.registry_path = Path(state_dir) / "overlays.json"
         self.builders = Builders(build_command, build_env)  # --build-command, or the host's own builder
         self.on_built = on_built
         self.on_progress = on_progress  # a running build wrote a line (see progress())
+        self.on_finished = on_finished  # a build ended: built or not, after how long (metrics)
         self.retry_delay = retry_delay  # the first retry's wait (core/backoff.py's build row if None)
         self.build_env = build_env
         self.build_timeout = build_timeout  # a build that never ends is a failure, retried with backoff
@@ -189,6 +191,7 @@ class Images:
                     self._builds[path] = BuildState(BuildPhase.built, image=image)
             self._failures.pop(path, None)
             log.info("image_built", config=path, image=image, seconds=round(clock.monotonic() - started, 2))
+            self.on_finished(True, clock.monotonic() - started)
         except (CommandError, PermanentError, OSError) as exc:
             count = self._failures.get(path, 0) + 1
             self._failures[path] = count
@@ -197,6 +200,7 @@ class Images:
             self._builds[path] = BuildState(BuildPhase.failed, error=_tail_lines(tail),
                                             retry_at=clock.monotonic() + delay)
             log.error("image_build_failed", config=path, retry_in=delay, log_tail=_tail_lines(tail))
+            self.on_finished(False, clock.monotonic() - started)
         finally:
             self._tasks.pop(path, None)
             self._progress.pop(path, None)

@@ -282,18 +282,22 @@ def _merge_once(files: Mapping[str, ParsedFile], last_good: Mapping[str, ConfigF
             ))
     fresh = {name for name, parsed in files.items()
              if parsed.ok and (name not in last_good or last_good[name] != parsed.config)}
-    clashes = _cross_checks(result["domain"], fresh)
+    # domains of a file held for a clash still exist for startAfter (no second error for it)
+    held = {d for n in blamed if files[n].ok for d in files[n].config.domains}  # type: ignore[union-attr]
+    clashes = _cross_checks(result["domain"], fresh, held)
     state = DesiredState(domains=result["domain"], networks=result["network"], errors=tuple(errors),
                          broken_files=frozenset(broken), conflicts=conflicts)
     return state, clashes
 
 
-def _cross_checks(domains: Mapping[str, Declared], fresh: set[str]) -> list[ConfigError]:
+def _cross_checks(domains: Mapping[str, Declared], fresh: set[str], held: set[str] = frozenset()) -> list[ConfigError]:
     """Rules that span files: MACs and UUIDs must be unique (libvirt would refuse the
-    second define, or worse, two guests would share a MAC on one LAN). Each error
+    second define, or worse, two guests would share a MAC on one LAN), and startAfter must
+    name declared domains without a cycle (core/start_order.py). Each error
     names the file to hold: the one that changed since its last good content (it
     brought the clash), else the later one."""
     from .identity import interface_mac, domain_uuid  # local: identity imports spec only
+    from .start_order import order_problems
 
     errors: list[ConfigError] = []
     seen: dict[str, tuple[str, tuple[str, ...]]] = {}  # "mac X" / "uuid X" -> (file, loc)
@@ -311,6 +315,9 @@ def _cross_checks(domains: Mapping[str, Declared], fresh: set[str]) -> list[Conf
             f"{what.split()[0].upper()} {what.split()[1]} is also used by {other_file}: {'.'.join(other_loc)} "
             "(this file keeps its last good state until one of them changes)")))
 
+    order = {name: (decl.file, decl.spec.start_after) for name, decl in domains.items()}  # type: ignore[attr-defined]
+    for file, dom_name, problem in order_problems(order, also_declared=held):
+        errors.append(ConfigError.at(file, ("domains", dom_name, "startAfter"), problem))
     for dom_name, decl in sorted(domains.items(), key=lambda item: (item[1].file, item[0])):
         dom: Domain = decl.spec  # type: ignore[assignment]
         uuid = domain_uuid(dom_name, dom.uuid)

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from . import backoff
 from .backoff import Backoff
 from .domain_xml import RenderedDomain
-from .keys import network as network_key
+from .keys import Key, Kind, network as network_key
 from .observed import BuildPhase, DomainObservation, ObservedDomain, OverlayState, Power
 from .plan import (MIN_WAIT, MISSING_PATH_RETRY, SHUTDOWN_RESEND_SECONDS, Act, Action, Condition, Phase, Plan,
                    gate)
 from .record import Now, Record, ShutdownProgress, Wanted
 from .spec_base import human_bytes
 
+ORDER_RECHECK = 5.0  # a domain waiting on startAfter looks again this often (it is also woken)
 QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
 # what a missing disk file, share or kernel vetoes: never define or start on a path that is not there
 _CREATES = {Act.define, Act.start, Act.create_overlay, Act.recreate_overlay}
@@ -30,7 +31,7 @@ def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now
         return ruled
     shutdown = shutdown_in_effect(observed, record, now)
     if wanted.obj is None:
-        return _plan_removal(observed, shutdown, now)
+        return _plan_removal(observed, obs, shutdown, now)
     plan = _plan_desired(_Pass(wanted.obj, obs, shutdown, now, start_not_before(record), wanted.instance))
     retry = _build_retry(obs, now.mono)
     if retry is not None and (plan.requeue_after is None or retry < plan.requeue_after):
@@ -102,10 +103,17 @@ def _phase_of(observed: ObservedDomain | None) -> Phase:
     return Phase.stopped if observed.power == Power.shutoff else Phase.defined
 
 
-def _plan_removal(observed: ObservedDomain | None, shutdown: ShutdownProgress | None, now: Now) -> Plan:
+def _plan_removal(observed: ObservedDomain | None, obs: DomainObservation, shutdown: ShutdownProgress | None,
+                  now: Now) -> Plan:
     if observed is None:
         return Plan(phase=Phase.removed)
-    wake = tuple(network_key(n) for n in sorted(set(observed.networks)))  # a network waiting for its users
+    # a network waiting for its users, the domains this one started after waiting for it to stop
+    wake = (tuple(network_key(n) for n in sorted(set(observed.networks)))
+            + tuple(Key(Kind.domain, d) for d in obs.wake_after))
+    if observed.power.active and obs.dependents_running and shutdown is None:
+        return Plan(phase=Phase.stopping, requeue_after=ORDER_RECHECK,
+                    message=f"removed from the config: waiting for {', '.join(obs.dependents_running)} to stop "
+                            "first (startAfter names this one)")
     if observed.power.active:  # the timeout of the last spec, recorded when it was defined
         timeout = observed.owner.timeout if observed.owner is not None else 120
         actions, after = _shutdown_steps(shutdown, now.mono, timeout)
@@ -263,6 +271,10 @@ def _plan_running(p: _Pass, actions: list[Action], conditions: set[Condition], m
         if waiting:
             return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),
                         requeue_after=1.0, message=f"waiting for network {', '.join(waiting)}")
+        if p.obs.waiting_for:  # woken when they start; the look again is a safety net
+            return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),
+                        requeue_after=ORDER_RECHECK,
+                        message=f"waiting for {', '.join(p.obs.waiting_for)} to run (startAfter)")
         if now < p.start_not_before:
             conditions.add(Condition.crash_loop)
             return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),
@@ -287,5 +299,6 @@ def _plan_running(p: _Pass, actions: list[Action], conditions: set[Condition], m
             else:
                 conditions.add(Condition.restart_required)
                 message = message or "the new definition applies at the next boot (restartOnChange is false)"
+    wake = tuple(Key(Kind.domain, d) for d in p.obs.wake_after) if any(a.kind == Act.start for a in actions) else ()
     return Plan(actions=tuple(actions), phase=phase, conditions=frozenset(conditions),
-                requeue_after=requeue, message=message, shutdown=shutdown)
+                requeue_after=requeue, message=message, shutdown=shutdown, wake=wake)

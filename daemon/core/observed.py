@@ -116,6 +116,12 @@ class DomainObservation:
     # the disk files the running instance has open; looked at only when a disk is to grow
     # (None: not looked at): a disk it lacks (added for the next boot) grows offline
     live_disks: frozenset[str] | None = None
+    # startAfter, looked at only when it matters: the domains a start waits for that do not run
+    # yet; for a removal, the domains depending on this one that still run; and who to wake
+    # once this one runs (its dependents) or is gone (what it started after)
+    waiting_for: tuple[str, ...] = ()
+    dependents_running: tuple[str, ...] = ()
+    wake_after: tuple[str, ...] = ()
 
     @property
     def owner(self) -> Owner | None:

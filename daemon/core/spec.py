@@ -341,6 +341,11 @@ class Domain(Model):
     shares: dict[Name, Share] = Field(
         default_factory=dict, description="Shared folders by mount tag: `mount -t virtiofs TAG /mnt` in the guest."
     )
+    start_after: list[Name] = Field(
+        default_factory=list, description="Domains this one starts after: it is started only while they run (at "
+        "boot, and whenever nvirtd starts it); removed together, it is stopped before them. Not part of the "
+        "definition (no redefine). A cycle, or a name no file declares, is an error."
+    )
     backup: BackupSchedule | None = Field(
         None, description="Scheduled backups with retention (not part of the definition: no redefine, no restart)."
     )

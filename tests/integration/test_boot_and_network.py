@@ -28,6 +28,26 @@ def booting(guest: Path, cmdline: str = "", **extra) -> dict:
                         "cmdline": f"console=ttyS0 quiet {cmdline}".strip()}, **extra)
 
 
+async def lease_in_status(state_dir: Path, name: str, nic: str, address: str, timeout: float = 60) -> dict:
+    """`nvirtd status --json`, the command itself, until it shows the lease (the guest
+    boots in a loop: the address shows while it runs)."""
+    import asyncio
+    import json
+
+    from tests.service.test_cli import nvirtd
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        out = await asyncio.to_thread(nvirtd, "status", "--state-dir", str(state_dir), "--json")
+        entry = next((e for e in json.loads(out.stdout)["domains"] if e["name"] == name), {})
+        if any(a["address"] == address and a["source"] == "lease" for a in entry.get("addresses", {}).get(nic, [])):
+            table = await asyncio.to_thread(nvirtd, "status", "--state-dir", str(state_dir))
+            if any(line.startswith(f"  {nic}: ") and f"{address} (lease)" in line for line in table.stdout.splitlines()):
+                return entry
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"nvirtd status never showed {address} for {name}.{nic}")
+
+
 def console(state_dir: Path, name: str) -> str:
     path = state_dir / "console" / f"{name}.log"
     return path.read_text(errors="replace") if path.exists() else ""
@@ -75,6 +95,7 @@ async def test_nat_network_gives_the_static_lease_and_survives_a_change(dirs, sy
     uuid = identity.domain_uuid("nvt-dhcp")
     assert identity.interface_mac(uuid, "lan") in system_conn.lookupByName("nvt-dhcp").XMLDesc(
         libvirt.VIR_DOMAIN_XML_INACTIVE)
+    await lease_in_status(dirs["state"], "nvt-dhcp", "lan", "10.213.0.10/24")
 
     await wait_for(lambda: running(system_conn, "nvt-idle"), 30, "nvt-idle running")
     tap = tap_of(system_conn, "nvt-idle")

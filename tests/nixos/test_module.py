@@ -148,6 +148,11 @@ def test_the_instance_and_start_concurrency_reach_execstart(lib, tmp_path):
                      "unit", tmp=tmp_path)
     argv = shlex.split(unit["serviceConfig"]["ExecStart"])
     assert argv[argv.index("--instance") + 1] == "lab" and argv[argv.index("--start-concurrency") + 1] == "4"
+    assert "--metrics" not in argv  # off by default
+    unit = evaluated(lib, '{ services.nvirtd = { enable = true; metrics = "127.0.0.1:9477"; }; }', "unit",
+                     tmp=tmp_path)
+    argv = shlex.split(unit["serviceConfig"]["ExecStart"])
+    assert argv[argv.index("--metrics") + 1] == "127.0.0.1:9477"
 
 
 # ---- the option tree --------------------------------------------------------------------
@@ -214,7 +219,7 @@ def test_the_package_evaluates_against_stubs(lib, tmp_path):
           buildPythonApplication = args: args;
           setuptools = dep "setuptools";
           libvirt = dep "libvirt-python"; pydantic = dep "pydantic"; structlog = dep "structlog";
-          watchdog = dep "watchdog"; sdnotify = dep "sdnotify";
+          watchdog = dep "watchdog"; sdnotify = dep "sdnotify"; prometheus-client = dep "prometheus-client";
         }};
         p = import {REPO / 'contrib' / 'nixos' / 'package.nix'} {{ inherit lib python3Packages; }};
       in {{ inherit (p) pname version; deps = map (d: d.pname) p.dependencies; main = p.meta.mainProgram; }}

@@ -1,0 +1,72 @@
+"""startAfter end to end on libvirt's test driver: a start waits, is woken, and removals
+stop dependents first."""
+
+from __future__ import annotations
+
+import libvirt
+
+from tests.conftest import domain, write_json
+from tests.engine.test_reconcile import state, wait_for
+
+
+def order_of_changes(hv) -> list[tuple[str, str]]:
+    """Record each change the daemon makes, in order: (domain, operation)."""
+    seen: list[tuple[str, str]] = []
+    apply = hv.apply
+
+    async def recording(name, ops):
+        seen.extend((name, type(op).__name__) for op in ops)
+        await apply(name, ops)
+    hv.apply = recording
+    return seen
+
+
+async def test_a_domain_starts_only_once_what_it_starts_after_runs(dirs, settings, start_daemon, fresh_libvirt):
+    config = {"domains": {"db": domain(state="stopped"), "web": domain(startAfter=["db"])}}
+    write_json(dirs["config"] / "a.json", config)
+    d = await start_daemon(settings)
+    assert state(fresh_libvirt, "web") == libvirt.VIR_DOMAIN_SHUTOFF  # defined, not started
+    assert d.entry("web").phase == "defined" and d.entry("web").message == "waiting for db to run (startAfter)"
+    changes = order_of_changes(d.hv)
+    config["domains"]["db"]["state"] = "running"
+    write_json(dirs["config"] / "a.json", config)
+    await d.reload()
+    await wait_for(lambda: state(fresh_libvirt, "web") == libvirt.VIR_DOMAIN_RUNNING, 3, "web started")
+    starts = [name for name, op in changes if op == "Start"]
+    assert starts == ["db", "web"]
+    assert d.entry("web").phase == "running" and d.entry("web").message is None
+
+
+async def test_removed_together_the_dependent_stops_first(dirs, settings):
+    """On the fake, whose guests can ignore ACPI: web takes its whole shutdownTimeout to go,
+    and db, which web starts after, waits for that before its own shutdown begins."""
+    import asyncio
+
+    from daemon.adapters.fake_hypervisor import FakeHypervisor
+    from tests.engine.test_fake_daemon import power, run, settle
+    hv = FakeHypervisor()
+    write_json(dirs["config"] / "a.json", {"domains": {"db": domain(), "web": domain(startAfter=["db"], shutdownTimeout=1)}})
+    daemon, task = await run(settings, hv)
+    await settle(daemon)
+    hv._by_name("web").obeys_acpi = False
+    write_json(dirs["config"] / "a.json", {})
+    await daemon.reload(explicit=True)
+    await asyncio.sleep(0.4)
+    assert power(hv, "web").active and power(hv, "db").active  # db waits while web shuts down
+    assert daemon.status.entries[("domain", "db")].message.endswith("waiting for web to stop first "
+                                                                     "(startAfter names this one)")
+    assert hv._by_name("db").live_owner.shutdown_started is None  # not even asked yet
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if power(hv, "db") is None:
+            break
+    assert power(hv, "web") is None and power(hv, "db") is None and hv.mutations["destroy"] == 1
+    daemon.stop()
+    await task
+
+
+async def test_a_dependency_no_file_declares_holds_its_file(dirs, settings, start_daemon, fresh_libvirt):
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain(startAfter=["db"])}})
+    d = await start_daemon(settings)
+    assert "web" not in {x.name() for x in fresh_libvirt.listAllDomains()}
+    assert d.daemon.status.config_errors == ["a.json: domains.web.startAfter: names 'db', which no file declares"]

@@ -205,6 +205,8 @@ class Hypervisor(DomainOps, NetworkOps):
 
     async def settle(self) -> None:
         """Write every pending fingerprint (before READY=1, and before closing)."""
+        if self._flush_task is not None and not self._flush_task.done():
+            await asyncio.shield(self._flush_task)  # not the same records twice (each a wait in a thread)
         await self._flush(yield_to_changes=False)
 
     async def _flush(self, *, yield_to_changes: bool) -> None:

@@ -91,12 +91,44 @@ let
   };
   # end schema
 
+  # schema: Hostdev
+  hostdevModule = {
+    options = {
+      type = req (types.enum [ "pci" "usb" ]) "pci or usb.";
+      address = opt (nullOr types.str) null "pci: [DOMAIN:]BUS:SLOT.FUNCTION (0000:01:00.0, as lspci -D prints it); usb: BUS.DEVICE (1.5), or give vendor and product.";
+      vendor = opt (nullOr types.str) null "usb: vendor id, 0x1050.";
+      product = opt (nullOr types.str) null "usb: product id, 0x0407.";
+    };
+  };
+  # end schema
+
+  # schema: NumaCell
+  numaModule = {
+    options = {
+      cpus = req types.str "The guest's vCPUs in this cell, a cpuset like 0-3.";
+      memory = req types.ints.positive "The cell's memory, in MiB.";
+    };
+  };
+  # end schema
+
   # schema: Domain
   domainModule = {
     options = {
       uuid = opt (nullOr types.str) null "Default: derived from the name, stable.";
       cpu.amount = opt types.ints.positive 1 "Number of virtual CPUs.";
+      cpu.model = opt (nullOr types.str) null "host-passthrough, host-model, or a named model (virsh cpu-models x86_64).";
+      cpu.topology = opt (nullOr (types.submodule {
+        options.sockets = opt types.ints.positive 1 "Sockets.";
+        options.cores = opt types.ints.positive 1 "Cores per socket.";
+        options.threads = opt types.ints.positive 1 "Threads per core.";
+      })) null "Sockets x cores x threads; their product is cpu.amount.";
+      cpu.pin = opt (types.attrsOf types.str) { } "vCPU number -> the host CPUs it may run on (a cpuset).";
+      cpu.emulatorPin = opt (nullOr types.str) null "The host CPUs QEMU's own threads may run on.";
       memory.amount = req types.ints.positive "Amount of memory, in memory.unit.";
+      memory.hugepages = opt (nullOr (types.submodule {
+        options.size = opt types.ints.positive 2 "Size of one page, in unit.";
+        options.unit = opt (types.enum [ "KiB" "MiB" "GiB" ]) "MiB" "KiB, MiB or GiB.";
+      })) null "Back the guest's memory with the host's hugepages ({ } for 2 MiB pages).";
       memory.unit = opt (types.enum [ "b" "bytes" "KB" "k" "KiB" "MB" "M" "MiB" "GB" "G" "GiB" "TB" "T" "TiB" ]) "KiB" "Unit of memory.amount.";
       enableVnc = opt types.bool false "VNC console on 127.0.0.1.";
       state = opt (types.enum [ "running" "stopped" ]) "running" "Desired state; autostart follows.";
@@ -110,6 +142,8 @@ let
       disks = opt (types.attrsOf (types.submodule diskModule)) { } "Disks by name.";
       interfaces = opt (types.attrsOf (types.submodule interfaceModule)) { } "NICs by name.";
       shares = opt (types.attrsOf (types.submodule shareModule)) { } "Shared folders by mount tag.";
+      hostdevs = opt (types.attrsOf (types.submodule hostdevModule)) { } "Host devices passed through (PCI, USB), by name.";
+      numa = opt (types.listOf (types.submodule numaModule)) [ ] "NUMA cells: which vCPUs and how much memory each has.";
       startAfter = opt (types.listOf types.str) [ ] "Domains this one starts after (started only while they run; stopped before them when removed together).";
       backup = opt (nullOr (types.submodule backupModule)) null "Scheduled backups with retention.";
     };

@@ -326,4 +326,6 @@ def _cross_checks(domains: Mapping[str, Declared], fresh: set[str], held: set[st
         for nic_name, nic in dom.interfaces.items():
             mac = interface_mac(uuid, nic_name, nic.mac)
             claim(f"mac {mac}", decl.file, ("domains", dom_name, "interfaces", nic_name, "mac"))
+        for dev_name, dev in dom.hostdevs.items():  # a device goes to one guest: the second start would fail
+            claim(dev.identity, decl.file, ("domains", dom_name, "hostdevs", dev_name))
     return errors

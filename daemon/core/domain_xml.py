@@ -16,6 +16,7 @@ from . import identity
 from .ownership import DEFAULT_INSTANCE, Owner, digest_of, owned_text
 from .xmlbuild import RenderedXml, serialize, sub
 from .spec import DesiredPower, Disk, DiskDevice, DiskType, Domain, Firmware, VirtType
+from .spec_devices import Hostdev, HostdevType
 
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "sata", "hd": "ide", "xvd": "xen"}
 
@@ -78,10 +79,7 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     sub(root, "uuid", uuid)
     sub(root, "memory", str(spec.memory.amount), unit=spec.memory.unit.value)
     sub(root, "vcpu", str(spec.cpu.amount))
-    if spec.shares:  # virtiofs needs guest memory the virtiofsd process can map
-        backing = sub(root, "memoryBacking")
-        sub(backing, "source", type="memfd")
-        sub(backing, "access", mode="shared")
+    _tuning(root, spec)
     _os(root, spec)
     features = sub(root, "features")
     sub(features, "acpi")
@@ -109,6 +107,8 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
         else:
             sub(iface, "source", bridge=nic.bridge)  # type: ignore[arg-type]
         sub(iface, "model", type=nic.model)
+    for dev_name, dev in spec.hostdevs.items():
+        _hostdev(devices, dev_name, dev)
     serial = sub(devices, "serial", type="pty")
     if spec.console_log:
         sub(serial, "log", file=console_log_path(ctx.state_dir, name), append="on")
@@ -130,6 +130,56 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     owner = Owner(file=source_file, spec_hash=digest, instance=ctx.instance, shutdown_timeout=spec.shutdown_timeout)
     return RenderedDomain(name=name, uuid=uuid, spec_hash=digest, source_file=source_file, spec=spec,
                           xml=owned_text(text, owner), owner=owner)
+
+
+def _tuning(root: ET.Element, spec: Domain) -> None:
+    """Memory backing, CPU pinning, the CPU model, topology and NUMA cells: nothing at all
+    unless asked for (an unchanged domain keeps its XML, hence its spec hash)."""
+    cpu, hugepages = spec.cpu, spec.memory.hugepages
+    if spec.shares or hugepages is not None:
+        backing = sub(root, "memoryBacking")
+        if hugepages is not None:
+            sub(sub(backing, "hugepages"), "page", size=str(hugepages.size), unit=hugepages.unit)
+        if spec.shares:  # virtiofs needs guest memory the virtiofsd process can map
+            sub(backing, "source", type="memfd")
+            sub(backing, "access", mode="shared")
+    if cpu.pin or cpu.emulator_pin:
+        tune = sub(root, "cputune")
+        for vcpu, cpuset in sorted(cpu.pin.items(), key=lambda item: int(item[0])):
+            sub(tune, "vcpupin", vcpu=str(int(vcpu)), cpuset=cpuset)
+        if cpu.emulator_pin:
+            sub(tune, "emulatorpin", cpuset=cpu.emulator_pin)
+    if cpu.model is None and cpu.topology is None and not spec.numa:
+        return
+    if cpu.model in ("host-passthrough", "host-model"):
+        el = sub(root, "cpu", mode=cpu.model)
+    elif cpu.model is not None:
+        el = sub(root, "cpu", mode="custom", match="exact")
+        sub(el, "model", cpu.model, fallback="forbid")
+    else:
+        el = sub(root, "cpu")
+    if cpu.topology is not None:
+        t = cpu.topology
+        sub(el, "topology", sockets=str(t.sockets), dies="1", cores=str(t.cores), threads=str(t.threads))
+    if spec.numa:
+        numa = sub(el, "numa")
+        for i, cell in enumerate(spec.numa):
+            sub(numa, "cell", id=str(i), cpus=cell.cpus, memory=str(cell.memory), unit="MiB")
+
+
+def _hostdev(devices: ET.Element, dev_name: str, dev: Hostdev) -> None:
+    el = sub(devices, "hostdev", mode="subsystem", type=dev.type.value, managed="yes")
+    source = sub(el, "source")
+    if dev.type == HostdevType.pci:
+        domain, bus, slot, function = dev.identity.split(" ", 1)[1].replace(".", ":").split(":")
+        sub(source, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+    elif dev.vendor is not None:
+        sub(source, "vendor", id=dev.vendor.lower())
+        sub(source, "product", id=str(dev.product).lower())
+    else:
+        bus, device = str(dev.address).split(".")
+        sub(source, "address", bus=str(int(bus)), device=str(int(device)))
+    sub(el, "alias", name="ua-hostdev-" + dev_name.replace(".", "-"))
 
 
 def _os(root: ET.Element, spec: Domain) -> None:

@@ -18,6 +18,8 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 
 from .network_spec import ForwardMode, Network
+from .spec_devices import (CPU_MODEL_PATTERN, CpuSet, Hostdev, Hugepages, NumaCell, Topology,
+                           tuning_problems)
 from .spec_base import (BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, NAMED_INTERVALS, TARGET_PATTERN, AbsPath, IPv4,
                         IPv6, Model, Name, parse_duration)
 
@@ -121,11 +123,21 @@ class ImageChangePolicy(StrEnum):
 
 class Cpu(Model):
     amount: int = Field(1, ge=1, le=1024, description="Number of virtual CPUs.")
+    model: Annotated[str, Field(pattern=CPU_MODEL_PATTERN)] | None = Field(
+        None, description="host-passthrough, host-model, or a named model (Skylake-Client, EPYC, ...: "
+        "virsh cpu-models x86_64); default: libvirt's.")
+    topology: Topology | None = Field(None, description="Sockets x cores x threads; their product is cpu.amount.")
+    pin: dict[Annotated[str, Field(pattern=r"^\d{1,4}$")], CpuSet] = Field(
+        default_factory=dict, description="vCPU number -> the host CPUs it may run on (a cpuset, \"2\" or \"2-3,6\").")
+    emulator_pin: CpuSet | None = Field(None, description="The host CPUs QEMU's own threads may run on.")
 
 
 class Memory(Model):
     amount: int = Field(ge=1, description="Amount of memory, in `unit`.")
     unit: MemoryUnit = Field(strict=False, default=MemoryUnit.KiB, description="Unit of `amount` (libvirt's units).")
+    hugepages: Hugepages | None = Field(
+        None, description="Back the guest's memory with the host's hugepages ({} for 2 MiB pages); the host "
+        "must have them reserved (vm.nr_hugepages).")
 
     @property
     def bytes(self) -> int:
@@ -341,6 +353,11 @@ class Domain(Model):
     shares: dict[Name, Share] = Field(
         default_factory=dict, description="Shared folders by mount tag: `mount -t virtiofs TAG /mnt` in the guest."
     )
+    hostdevs: dict[Name, Hostdev] = Field(
+        default_factory=dict, description="Host devices passed through, by name: PCI (a GPU, a NIC) or USB. "
+        "One device can be given to one domain only.")
+    numa: list[NumaCell] = Field(
+        default_factory=list, description="NUMA cells of the guest: which vCPUs and how much memory each has.")
     start_after: list[Name] = Field(
         default_factory=list, description="Domains this one starts after: it is started only while they run (at "
         "boot, and whenever nvirtd starts it); removed together, it is stopped before them. Not part of the "
@@ -349,6 +366,14 @@ class Domain(Model):
     backup: BackupSchedule | None = Field(
         None, description="Scheduled backups with retention (not part of the definition: no redefine, no restart)."
     )
+
+    @model_validator(mode="after")
+    def _tuning_fits(self) -> Self:
+        problems = tuning_problems(self.cpu.amount, self.memory.bytes, self.cpu.topology, self.cpu.pin,
+                                   self.memory.hugepages, self.numa)
+        if problems:
+            raise ValueError("; ".join(f"@{field}: {reason}" for field, reason in problems[:1]))
+        return self
 
     @model_validator(mode="after")
     def _targets_unique(self) -> Self:

@@ -104,6 +104,27 @@ BAD = [
                  "domains.web.disks.r.nix.attribute", "either flake", id="flake-and-attribute"),
     pytest.param(_dom(disks={"r": {"type": "file", "nix": {"flake": "/etc/nixos#web"}}}),
                  "domains.web.disks.r.path", "required option is missing", id="flake-on-a-file-disk"),
+    pytest.param(_dom(hostdevs={"gpu": {"type": "pci", "address": "1:0.0"}}), "domains.web.hostdevs.gpu.address",
+                 "'1:0.0' is not a PCI address like 0000:01:00.0", id="pci-address-format"),
+    pytest.param(_dom(hostdevs={"key": {"type": "usb", "vendor": "0x1050"}}), "domains.web.hostdevs.key.vendor",
+                 "needs both vendor and product", id="usb-vendor-without-product"),
+    pytest.param(_dom(hostdevs={"key": {"type": "usb"}}), "domains.web.hostdevs.key.address",
+                 "either as address BUS.DEVICE or as vendor and product", id="usb-without-a-way-to-find-it"),
+    pytest.param(_dom(hostdevs={"key": {"type": "firewire", "address": "1.2"}}), "domains.web.hostdevs.key.type",
+                 "'firewire' is not one of pci, usb", id="hostdev-type"),
+    pytest.param(_dom(memory={"amount": 1, "unit": "GiB", "hugepages": {"size": 2, "unit": "GiB"}}),
+                 "domains.web.memory.hugepages.size", "one page of 2 GiB is more than the guest's memory",
+                 id="hugepages-larger-than-memory"),
+    pytest.param(_dom(cpu={"amount": 2, "pin": {"2": "0"}}), "domains.web.cpu.pin.2", "there is no vCPU 2",
+                 id="pin-beyond-the-vcpus"),
+    pytest.param(_dom(cpu={"amount": 2, "pin": {"0": "0-x"}}), "domains.web.cpu.pin.0", "'0-x' is not a cpuset like 2, 0-3",
+                 id="pin-not-a-cpuset"),
+    pytest.param(_dom(cpu={"amount": 4, "topology": {"sockets": 1, "cores": 2}}), "domains.web.cpu.topology",
+                 "is 2 CPUs, not cpu.amount 4", id="topology-not-amount"),
+    pytest.param(_dom(cpu={"amount": 2}, numa=[{"cpus": "0", "memory": 512}, {"cpus": "0-1", "memory": 512}]),
+                 "domains.web.numa.1.cpus", "vCPUs [0] are in another cell too", id="numa-cpu-twice"),
+    pytest.param(_dom(cpu={"amount": 2}, numa=[{"cpus": "0-1", "memory": 512}]), "domains.web.numa",
+                 "the cells hold 512 MiB, not the guest's 1024 MiB", id="numa-memory"),
     pytest.param(_dom(interfaces={"lan": {"network": "a", "bridge": "br0"}}), "domains.web.interfaces.lan",
                  "give exactly one of 'network' and 'bridge'", id="nic-two-targets"),
     pytest.param({"networks": {"lab": {"ip": {"address": "10.0.0.1", "prefix": 24},
@@ -180,3 +201,14 @@ def test_json_schema_lists_the_seed_options():
     text = json.dumps(schema)
     for option in ("enableVnc", "readOnly", "onImageChange", "restartOnChange", "shutdownTimeout"):
         assert f'"{option}"' in text
+
+
+def test_one_host_device_in_two_domains_holds_the_file_that_gave_it_twice():
+    gpu = {"type": "pci", "address": "0000:01:00.0"}
+    files = {"a.json": parse_text("a.json", json.dumps(_dom(hostdevs={"gpu": gpu}))),
+             "b.json": parse_text("b.json", json.dumps({"domains": {"db": {
+                 "memory": {"amount": 1, "unit": "GiB"}, "hostdevs": {"card": {"type": "pci", "address": "01:00.0"}}}}}))}
+    state = merge(files, {})
+    assert [str(e) for e in state.errors] == [
+        "b.json: domains.db.hostdevs.card: PCI 0000:01:00.0 is also used by a.json: domains.web.hostdevs.gpu "
+        "(this file keeps its last good state until one of them changes)"]

@@ -165,6 +165,9 @@ def schema_leaves(schema: dict, node: dict, prefix: str) -> set[str]:
         for key, sub in target["properties"].items():
             leaves |= schema_leaves(schema, sub, f"{prefix}.{key}" if prefix else key)
         return leaves
+    items = target.get("items")
+    if isinstance(items, dict) and (items.get("$ref") or "properties" in items):
+        return schema_leaves(schema, items, f"{prefix}.*")  # a list of submodules: the manual's NAME.*.x
     extra = target.get("additionalProperties")
     if isinstance(extra, dict) and (extra.get("$ref") or "properties" in extra):
         return schema_leaves(schema, extra, f"{prefix}.<name>")

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import prometheus_client
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -35,6 +36,8 @@ _BUILD_SECONDS = (10, 60, 300, 900, 1800, 3600, 4 * 3600)
 class Metrics:
     def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
         """`state()` returns what the gauges show: see StateCollector.collect."""
+        with contextlib.suppress(AttributeError):  # prometheus_client < 0.17 has no switch: *_created stays
+            prometheus_client.disable_created_metrics()  # one _created series per counter: noise here
         self.registry = CollectorRegistry(auto_describe=False)  # the state collector is read at scrape time only
         r = self.registry
         self.passes = Counter("nvirtd_reconciles", "Reconcile passes, by kind of object and result (ok, failed)",

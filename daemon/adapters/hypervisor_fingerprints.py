@@ -53,6 +53,7 @@ class PendingFingerprints:
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[Any, Owner]] = {}
         self._writing: dict[str, threading.Event] = {}
+        self._generation = 0  # a clear() (the connection went) makes older records void
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -69,12 +70,14 @@ class PendingFingerprints:
     def clear(self) -> None:
         with self._lock:
             self._pending.clear()
+            self._generation += 1
 
     def settle(self, name: str) -> None:
         """Write `name`'s pending record, or wait for the thread writing it (in a pool thread)."""
         with self._lock:
             item = self._pending.pop(name, None)
             writing = self._writing.get(name)
+            generation = self._generation
             if item is not None:
                 writing = self._writing[name] = threading.Event()
                 mine = True
@@ -89,7 +92,8 @@ class PendingFingerprints:
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # gone: nothing to record
                 with self._lock:
-                    self._pending.setdefault(name, item)  # a define since then supersedes it
+                    if generation == self._generation:  # not through a connection closed meanwhile
+                        self._pending.setdefault(name, item)  # a define since then supersedes it
                 raise
         finally:
             with self._lock:

@@ -94,3 +94,35 @@ async def test_an_edit_before_the_record_is_still_drift(hv, fresh_libvirt):
     fresh_libvirt.defineXML(ET.tostring(root, encoding="unicode"))  # virsh edit
     seen = await hv.observe_domain("c1")
     assert seen.owner.fingerprint is not None and seen.owner.fingerprint != seen.fingerprint
+
+
+def test_a_record_that_fails_stays_pending_but_not_past_a_reconnect():
+    """Unit level (a mock: a failing setMetadata cannot be made on demand): the failure stays
+    for the next look to report, unless the connection it was made through is gone."""
+    import threading
+
+    from daemon.adapters.hypervisor_fingerprints import PendingFingerprints
+    from daemon.core.ownership import Owner
+
+    failing = libvirt.libvirtError("refused")
+    failing.err = (libvirt.VIR_ERR_INTERNAL_ERROR, 0, "refused", 0, "", "", "", 0, 0)
+    release = threading.Event()
+
+    def record(dom, owner):
+        release.wait(5)
+        raise failing
+    pending = PendingFingerprints(record)
+    owner = Owner("a.json", "h", "fp")
+    pending.add("a", object(), owner)
+    release.set()
+    with pytest.raises(libvirt.libvirtError):
+        pending.settle("a")
+    assert pending.names() == ["a"]  # kept: the next look tries again and reports it
+
+    release.clear()
+    worker = threading.Thread(target=pending.settle_quietly, args=("a",))
+    worker.start()
+    pending.clear()  # the connection went while the record was being written
+    release.set()
+    worker.join(5)
+    assert pending.names() == []  # its handle belonged to the old connection: dropped

@@ -78,6 +78,10 @@ ROWS = [
      "refusing to purge web: declared in a.json", "stderr"),
     (("purge", "gone", "--yes", "-c", "test:///default", "--config-dir", "{config}", "--state-dir", "{state}",
       "--images-dir", "{images}", "--instance", "x", "--log-level", "error"), 0, "nothing recorded for gone", "stdout"),
+    (RUN + STATE + ("--metrics", "unix:{state}/metrics.sock"), 0, '"event": "metrics_serving"', "stderr"),
+    (RUN + STATE + ("--metrics", "192.0.2.1:9477"), 1,  # TEST-NET-1: not an address of this host
+     "nvirtd: cannot serve metrics on 192.0.2.1:9477: Cannot assign requested address", "stderr"),
+    (("status", "--state-dir", "{state}", "--no-addresses"), 0, "nvirtd: 1 domain: 1 running", "stdout"),
     (RUN + STATE + ("--image-retention", "12h"), 0, "web", "running"),
     (RUN + STATE + ("--image-retention", "never"), 0, "web", "running"),
     # day-2 data: gc, snapshot, backup, restore (on the test driver: its domain 'test' is not nvirtd's)
@@ -94,6 +98,8 @@ ROWS = [
     (("gc", "--older-than=-1d"), 2, "--older-than: '-1d' is not a duration", "stderr"),
     (("restore", "web"), 2, "the following arguments are required: --from", "stderr"),
     (RUN + ("--workers", "0"), 2, "--workers: 0 is less than 1", "stderr"),
+    (RUN + ("--metrics", "9477"), 2, "--metrics: '9477' is neither unix:/ABSOLUTE/PATH nor HOST:PORT", "stderr"),
+    (RUN + ("--metrics", "unix:rel.sock"), 2, "a unix socket is unix:/ABSOLUTE/PATH", "stderr"),
     (RUN + ("--virt-type", "xen"), 2, "--virt-type: invalid choice: 'xen'", "stderr"),
     (RUN + ("--instance", "a b"), 2, "--instance: 'a b' is not a valid instance name", "stderr"),
     (RUN + ("--resync-interval", "-1"), 2, "--resync-interval: -1 is not a positive number", "stderr"),

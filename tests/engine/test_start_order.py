@@ -70,3 +70,12 @@ async def test_a_dependency_no_file_declares_holds_its_file(dirs, settings, star
     d = await start_daemon(settings)
     assert "web" not in {x.name() for x in fresh_libvirt.listAllDomains()}
     assert d.daemon.status.config_errors == ["a.json: domains.web.startAfter: names 'db', which no file declares"]
+
+
+def test_plan_says_a_start_waits(dirs):
+    from tests.service.test_cli import nvirtd
+    write_json(dirs["config"] / "a.json", {"domains": {"db": domain(), "web": domain(startAfter=["db"])}})
+    shown = nvirtd("plan", "-c", "test:///default", "--config-dir", str(dirs["config"]), "--state-dir",
+                   str(dirs["state"]))
+    assert "domain db: define, set-autostart(true), start" in shown.stdout
+    assert "domain web: define, set-autostart(true)  (waiting for db to run (startAfter))" in shown.stdout

@@ -214,7 +214,8 @@ _KNOWN_KEYS = _option_names(ConfigFile)
 
 
 def _closest(key: str, known: Any = None) -> str:
-    known = _KNOWN_KEYS if known is None else set(known)
+    # the name itself may be an option elsewhere (numa cells have "cpus"): never "did you mean" it
+    known = (_KNOWN_KEYS if known is None else set(known)) - {key}
     match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
     if not match:
         lowered = {k.lower(): k for k in known}

@@ -82,7 +82,8 @@ class Daemon:
         declared_networks = lambda: self.config.desired.networks if self.config.desired else ()  # noqa: E731
         kinds = [DomainKind(self.hv, self.images, self.expectations, images_dir=settings.images_dir,
                             state_dir=settings.state_dir, declared_networks=declared_networks,
-                            start_concurrency=settings.start_concurrency, start_order=self.config.start_order),
+                            start_concurrency=settings.start_concurrency, start_order=self.config.start_order,
+                            instance=settings.instance),
                  NetworkKind(self.hv)]
         self.metrics: Any = None
         if settings.metrics:  # prometheus_client is imported only when asked for

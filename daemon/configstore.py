@@ -97,7 +97,11 @@ class ConfigStore:
             keys |= {Key(Kind.domain, n) for n, d in rendered.domains.items()
                      if any(k.type == DiskType.nix for k in d.spec.disks.values())}
         broken = dict(self.reader.broken_texts)
-        changed = broken != self._broken
+        # what holds an object: a broken file's text, or a file held for a rule across files
+        # (a clash, a startAfter error): when either changes, the held ones are decided again
+        holding = (rendered.state.broken_files, rendered.state.held_declared, rendered.held_keys)
+        before = (previous.state.broken_files, previous.state.held_declared, previous.held_keys) if previous else None
+        changed = broken != self._broken or holding != before
         self._broken, self._may_declare = broken, functools.partial(may_declare, broken)
         self.desired = rendered
         now = {n: tuple(d.spec.start_after) for n, d in rendered.domains.items()}
@@ -140,8 +144,11 @@ class ConfigStore:
                       config_errors=errors)
 
     def start_order(self, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(the domains `name` starts after, the domains that start after it)."""
-        return self._after.get(name, ()), self._dependents.get(name, ())
+        """(the domains `name` starts after, the domains that start after it). A held file's last
+        good content may still name the domain itself, or a domain that names it back: neither
+        is waited for (a removal would wait for itself)."""
+        after = tuple(d for d in self._after.get(name, ()) if d != name)
+        return after, tuple(d for d in self._dependents.get(name, ()) if d != name and d not in after)
 
     def waiting_on_build(self, config_path: str) -> list[Key]:
         """Domains whose nix disks use `config_path` (looked at again when its build ends)."""

@@ -25,7 +25,7 @@ from .core.domain_plan import plan_domain
 from .core.domain_xml import RenderedDomain, console_log_path
 from .core.keys import Key, Kind
 from .core.observed import DomainEvent, DomainObservation, ObservedDomain, OverlayState
-from .core.ownership import Owner
+from .core.ownership import DEFAULT_INSTANCE, Owner
 from .core.plan import Act, Action, Plan
 from .core.spec import DiskType
 from .runtime import clock
@@ -51,9 +51,10 @@ class DomainKind:
 
     def __init__(self, hv: HypervisorLike, images: Images, expectations: Expectations, *, images_dir: str,
                  state_dir: str, declared_networks: Callable[[], Collection[str]], start_concurrency: int = 0,
-                 start_order: Callable[[str], tuple[tuple[str, ...], tuple[str, ...]]] = lambda name: ((), ())
-                 ) -> None:
+                 start_order: Callable[[str], tuple[tuple[str, ...], tuple[str, ...]]] = lambda name: ((), ()),
+                 instance: str = DEFAULT_INSTANCE) -> None:
         self.hv = hv
+        self.instance = instance  # startAfter counts this instance's domains only
         self.start_order = start_order  # configstore.start_order: (starts after, started after it)
         # a boot storm's cap: a batch that starts a guest waits for a slot (the rest of the
         # pipeline, and domains that need no start, go on meanwhile)
@@ -94,7 +95,8 @@ class DomainKind:
     async def _runs(self, name: str) -> bool:
         """Whether nvirtd's domain `name` is up (what startAfter waits for, and a removal for)."""
         seen = await self.hv.observe_domain(name)
-        return seen is not None and seen.owned and seen.power.active
+        return (seen is not None and seen.owner is not None and seen.owner.owned_by == self.instance
+                and seen.power.active)
 
     async def _overlays(self, name: str, desired: RenderedDomain) -> tuple[OverlayState, ...]:
         states = []

@@ -79,10 +79,13 @@ class DesiredState:
     broken_files: frozenset[str] = frozenset()
     # names in conflict (kind, name) -> files declaring it
     conflicts: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # (kind, name) that a file held for a rule across files declares now: not removed meanwhile
+    held_declared: frozenset[tuple[str, str]] = frozenset()
 
     def held(self, kind: str, name: str, source_file: str | None) -> bool:
         """True when nvirtd must not change or remove this object now."""
-        return (kind, name) in self.conflicts or (source_file is not None and source_file in self.broken_files)
+        return ((kind, name) in self.conflicts or (kind, name) in self.held_declared
+                or (source_file is not None and source_file in self.broken_files))
 
 
 _ADAPTERS = {"domains": TypeAdapter(Domain), "networks": TypeAdapter(Network)}
@@ -241,8 +244,13 @@ def merge(files: Mapping[str, ParsedFile], last_good: Mapping[str, ConfigFile]) 
         for err in fresh:
             blamed.setdefault(err.file, []).append(err)
     held_errors = tuple(e for errs in blamed.values() for e in errs)
+    # what a held file declares may be a VM that only moved into it: like a broken file's, it is kept
+    held_declared = frozenset((kind, name) for f in blamed if files[f].ok
+                              for kind, objs in (("domain", files[f].config.domains),  # type: ignore[union-attr]
+                                                 ("network", files[f].config.networks))  # type: ignore[union-attr]
+                              for name in objs)
     return DesiredState(domains=state.domains, networks=state.networks, errors=state.errors + held_errors,
-                        broken_files=state.broken_files, conflicts=state.conflicts)
+                        broken_files=state.broken_files, conflicts=state.conflicts, held_declared=held_declared)
 
 
 def _merge_once(files: Mapping[str, ParsedFile], last_good: Mapping[str, ConfigFile],

@@ -22,6 +22,7 @@ from typing import Any
 from . import clock
 
 Clock = Callable[[], float]
+MIN_WAIT = 1e-3  # seconds
 
 
 class KeyQueue:
@@ -116,7 +117,9 @@ class AsyncWorkQueue:
                 return key
             self._changed.clear()
             due = self.keys.next_due()
-            timeout = None if due is None else max(0.0, due - self.keys.clock())
+            # never a wait shorter than a clock can tell from none: a key due 1e-15 s from now
+            # would be waited for again and again while the clock stands still
+            timeout = None if due is None else max(MIN_WAIT, due - self.keys.clock())
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout)
             except TimeoutError:

@@ -79,3 +79,21 @@ def test_plan_says_a_start_waits(dirs):
                    str(dirs["state"]))
     assert "domain db: define, set-autostart(true), start" in shown.stdout
     assert "domain web: define, set-autostart(true)  (waiting for db to run (startAfter))" in shown.stdout
+
+
+async def test_a_vm_moved_into_a_file_held_for_its_start_order_keeps_running(dirs, settings, start_daemon,
+                                                                            fresh_libvirt):
+    """Found by the simulator: the file a VM moved into is held (its startAfter names no
+    domain), so the VM is in no good file; it is kept as it was, not removed, and once
+    that file is gone it is removed after all."""
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain()}})
+    d = await start_daemon(settings)
+    write_json(dirs["config"] / "a.json", {})
+    write_json(dirs["config"] / "b.json", {"domains": {"web": domain(startAfter=["nobody"])}})
+    await d.reload()
+    await d.settle()
+    assert state(fresh_libvirt, "web") == libvirt.VIR_DOMAIN_RUNNING and d.hv.mutations["shutdown"] == 0
+    assert "held" in d.entry("web").conditions
+    (dirs["config"] / "b.json").unlink()
+    await d.reload()
+    await wait_for(lambda: "web" not in {x.name() for x in fresh_libvirt.listAllDomains()}, 10, "web removed")

@@ -35,7 +35,10 @@ VARIANTS = (
                                                                  "nix": {"size": 3}}}},
     {"memory": {"amount": 128, "unit": "MiB"}, "disks": {"root": {"type": "nix", "path": "{nix}/vm.nix",
                                                                  "nix": {"size": 4}}}},
+    # started only while d0 runs; removed with it, stopped first (d0 naming itself is a config error)
+    {"memory": {"amount": 128, "unit": "MiB"}, "startAfter": ["d0"], "shutdownTimeout": 15},
 )
+AFTER_D0 = len(VARIANTS) - 1
 BUILD_MODES = ("ok", "fail", "late", "hang")
 EVENT_MODES = ("normal", "duplicate", "delay", "reorder")
 FAULT_OPS = ("define_domain", "start", "shutdown", "destroy", "undefine", "set_autostart", "observe_domain",
@@ -93,5 +96,13 @@ def generate(seed: int, *, length: int | None = None) -> list[Step]:
         steps.append(Step(kind, made, wait))
     # the quiet end: a clean config (its names chosen by the seed) to converge to
     final = tuple((n, rng.randrange(len(VARIANTS))) for n in rng.sample(NAMES, rng.randint(0, len(NAMES))))
-    steps.append(Step("final", (final,), 0.0))
+    steps.append(Step("final", (clean_order(final),), 0.0))
     return steps
+
+
+def clean_order(final: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    """A final config without a startAfter error (which would hold the whole file): d0 never
+    names itself, and nothing names d0 unless d0 is declared."""
+    declared = {n: v for n, v in final}
+    ok = "d0" in declared and declared["d0"] != AFTER_D0
+    return tuple((n, 0 if v == AFTER_D0 and (n == "d0" or not ok) else v) for n, v in final)

@@ -97,3 +97,18 @@ async def test_a_vm_moved_into_a_file_held_for_its_start_order_keeps_running(dir
     (dirs["config"] / "b.json").unlink()
     await d.reload()
     await wait_for(lambda: "web" not in {x.name() for x in fresh_libvirt.listAllDomains()}, 10, "web removed")
+
+
+async def test_a_domain_never_waits_for_itself(dirs, settings, start_daemon, fresh_libvirt):
+    """Found by the simulator: a file naming web in web's own startAfter was good while web was
+    declared twice (the rule is not checked for a name in conflict), so it became the file's
+    last good content; held later, that content made web's removal wait for web."""
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain()}})
+    d = await start_daemon(settings)
+    write_json(dirs["config"] / "b.json", {"domains": {"web": domain(startAfter=["web"])}})
+    await d.reload()  # web in two files: a conflict, both kept as they are
+    (dirs["config"] / "a.json").unlink()
+    await d.reload()  # b.json alone: web names itself, b.json is held at its last good content
+    (dirs["config"] / "b.json").unlink()
+    await d.reload()  # nothing declares web
+    await wait_for(lambda: "web" not in {x.name() for x in fresh_libvirt.listAllDomains()}, 10, "web removed")

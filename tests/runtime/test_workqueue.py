@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 
 import pytest
 
@@ -100,3 +101,23 @@ async def test_async_close_releases_waiting_workers():
     await asyncio.sleep(0.01)
     q.close()
     assert await asyncio.wait_for(asyncio.gather(*getters), 1) == [None, None, None]
+
+
+def test_a_key_due_a_rounding_error_ahead_is_handed_out_on_a_virtual_clock():
+    """Found by the simulator (seed 37): a due time turned into a timeout and back did not
+    reach the due time, and get() waited 1e-15 s again and again while the clock stood
+    still. The wait is at least 1 ms."""
+    from tests.simulation.vloop import VirtualClock, VirtualLoop
+    vclock = VirtualClock()
+    vclock.now = 46.1
+    loop = VirtualLoop(vclock)
+    try:
+        async def main():
+            queue = AsyncWorkQueue(clock=lambda: vclock.now)
+            queue.keys._due["k"] = due = 46.1 + 7.105427357601002e-15  # one ulp ahead
+            heapq.heappush(queue.keys._heap, (due, 0, "k"))
+            return await queue.get()
+        assert loop.run_until_complete(main()) == "k"
+        assert vclock.now - 46.1 < 0.01
+    finally:
+        loop.close()

@@ -1,10 +1,10 @@
 """Host devices and tuning in the config format: passthrough, pinning, hugepages,
 CPU model and topology, NUMA cells. PURE (standard library and pydantic).
 
-Only what each option needs to be checked on its own is checked here; what needs the
-whole domain (pins against cpu.amount, hugepages against memory, NUMA cells against
-both) is in Domain's validator (spec.py), and a device two domains claim is a rule
-across files (core/config.py).
+Each model checks what it can on its own; what needs the whole domain (pins against
+cpu.amount, hugepages against memory, NUMA cells against both) is `tuning_problems`,
+which Domain's validator (spec.py) calls; a device two domains claim is a rule across
+files (core/config.py).
 """
 
 from __future__ import annotations

@@ -103,6 +103,7 @@ class Daemon:
         self._reload_wanted = asyncio.Event()
         self._explicit_reload = False
         self._initial: set[Key] = set()
+        self._build_domains: dict[str, list[str]] = {}  # running build -> the domains waiting on it
 
     # ---- config ---------------------------------------------------------------------
     async def reload(self, *, explicit: bool) -> None:
@@ -111,6 +112,7 @@ class Daemon:
             started = clock.wall()
             result = await self.config.reload(explicit=explicit)
             self.images.invalidate(result.nix_paths)
+            self._build_domains.clear()  # who waits on which build may have changed
             keys = set(result.keys)
             if result.broken_changed:  # a removal held while a broken file might declare it: decide now
                 keys |= {key for key, record in self.pipeline.records.items() if "held" in record.conditions}
@@ -172,10 +174,15 @@ class Daemon:
                 "reload_errors": len(self.status.config_errors), "entries": list(self.status.entries.values())}
 
     def _report_builds(self) -> None:
-        """The running builds, their progress and the domains waiting on each, in status.json."""
+        """The running builds, their progress and the domains waiting on each, in status.json.
+        Called for every line a build writes: who waits on a build is looked up once per build
+        (and again after a reload), not per line."""
         builds = self.images.progress()
         for path, progress in builds.items():
-            progress["domains"] = [key.name for key in self.config.waiting_on_build(path)]
+            if path not in self._build_domains:
+                self._build_domains[path] = [key.name for key in self.config.waiting_on_build(path)]
+            progress["domains"] = self._build_domains[path]
+        self._build_domains = {path: names for path, names in self._build_domains.items() if path in builds}
         self.status.daemon["builds"] = builds
         self.status.mark_dirty()
         self._status_dirty.set()

@@ -97,11 +97,8 @@ class ConfigStore:
             keys |= {Key(Kind.domain, n) for n, d in rendered.domains.items()
                      if any(k.type == DiskType.nix for k in d.spec.disks.values())}
         broken = dict(self.reader.broken_texts)
-        # what holds an object: a broken file's text, or a file held for a rule across files
-        # (a clash, a startAfter error): when either changes, the held ones are decided again
-        holding = (rendered.state.broken_files, rendered.state.held_declared, rendered.held_keys)
-        before = (previous.state.broken_files, previous.state.held_declared, previous.held_keys) if previous else None
-        changed = broken != self._broken or holding != before
+        # a broken file's text, or what else holds objects back, changed: the held ones are decided again
+        changed = broken != self._broken or previous is None or rendered.holding != previous.holding
         self._broken, self._may_declare = broken, functools.partial(may_declare, broken)
         self.desired = rendered
         now = {n: tuple(d.spec.start_after) for n, d in rendered.domains.items()}

@@ -119,8 +119,7 @@ class DomainKind:
 
     def facts(self, desired: RenderedDomain) -> dict[str, Any]:
         """For the status: each NIC's MAC, by which `nvirtd status` names the guest's addresses."""
-        return {"interfaces": {nic: identity.interface_mac(desired.uuid, nic, spec.mac)
-                               for nic, spec in desired.spec.interfaces.items()}}
+        return {"interfaces": desired.macs}
 
     # ---- execute --------------------------------------------------------------------
     async def execute(self, name: str, desired: RenderedDomain | None, obs: DomainObservation, plan: Plan,

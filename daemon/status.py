@@ -182,24 +182,21 @@ def render_table(data: dict[str, Any]) -> str:
             for nic, addrs in (e.get("addresses") or {}).items():
                 shown = ", ".join(f"{a['address']} ({a['source']})" for a in addrs) or "no address yet"
                 lines.append(f"  {nic}: {shown}")
-    builds = (data.get("daemon") or {}).get("builds") or {}
-    if builds:
-        lines.append("")
-        lines.append("image builds:")
-        for source, b in sorted(builds.items()):
-            lines.append(f"  {source}  (for {', '.join(b.get('domains') or []) or '-'})")
-            lines.append(f"    {describe(b, time.time())}")
-    backups = (data.get("daemon") or {}).get("backups") or {}
-    if backups:
-        lines.append("")
-        lines.append("backups:")
-        for name, b in sorted(backups.items()):
-            lines.append(f"  {name:<22} {_backup_line(b)}")
-    if data.get("config_errors"):
-        lines.append("")
-        lines.append("config errors:")
-        lines.extend(f"  {err}" for err in data["config_errors"])
+    daemon = data.get("daemon") or {}
+    builds: list[str] = []
+    for source, b in sorted((daemon.get("builds") or {}).items()):
+        builds += [f"{source}  (for {', '.join(b.get('domains') or []) or '-'})", f"  {describe(b, time.time())}"]
+    _section(lines, "image builds", builds)
+    backups = sorted((daemon.get("backups") or {}).items())
+    _section(lines, "backups", [f"{name:<22} {_backup_line(b)}" for name, b in backups])
+    _section(lines, "config errors", data.get("config_errors") or [])
     return "\n".join(lines)
+
+
+def _section(lines: list[str], title: str, rows: list[str]) -> None:
+    """A titled block after the tables, its rows indented; nothing when it has none."""
+    if rows:
+        lines.extend(["", f"{title}:", *(f"  {row}" for row in rows)])
 
 
 def _backup_line(b: dict[str, Any]) -> str:

@@ -62,7 +62,7 @@ class Builders:
         """The builder of configuration files this host has (found once, then kept)."""
         if self._default is None:
             self._default = await self._detect()
-            log.info("image_builder_found", builder=self._default)
+            log.info("image_builder_found", builder=self.describe())
         return self._default
 
     async def _detect(self) -> str:
@@ -80,7 +80,7 @@ class Builders:
             "current nixpkgs, or give --build-command")
 
     def describe(self) -> str:
-        """For `nvirtd status` and logs: which builder builds configuration files."""
+        """For the log: which builder builds configuration files."""
         if self.custom is not None:
             return "--build-command " + " ".join(self.custom)
         return {"nixpkgs": f"nix-build '<nixpkgs/nixos>' -A {IMAGE_ATTRIBUTE}",

@@ -16,6 +16,7 @@ import difflib
 import json
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Mapping
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -245,12 +246,17 @@ def merge(files: Mapping[str, ParsedFile], last_good: Mapping[str, ConfigFile]) 
             blamed.setdefault(err.file, []).append(err)
     held_errors = tuple(e for errs in blamed.values() for e in errs)
     # what a held file declares may be a VM that only moved into it: like a broken file's, it is kept
-    held_declared = frozenset((kind, name) for f in blamed if files[f].ok
-                              for kind, objs in (("domain", files[f].config.domains),  # type: ignore[union-attr]
-                                                 ("network", files[f].config.networks))  # type: ignore[union-attr]
-                              for name in objs)
+    held_declared = _declared_in(files, blamed)
     return DesiredState(domains=state.domains, networks=state.networks, errors=state.errors + held_errors,
                         broken_files=state.broken_files, conflicts=state.conflicts, held_declared=held_declared)
+
+
+def _declared_in(files: Mapping[str, ParsedFile], held: Iterable[str]) -> frozenset[tuple[str, str]]:
+    """(kind, name) that the current content of these held files declares (the ones that parse)."""
+    return frozenset((kind, name) for f in held if files[f].ok
+                     for kind, objs in (("domain", files[f].config.domains),  # type: ignore[union-attr]
+                                        ("network", files[f].config.networks))  # type: ignore[union-attr]
+                     for name in objs)
 
 
 def _merge_once(files: Mapping[str, ParsedFile], last_good: Mapping[str, ConfigFile],
@@ -292,7 +298,7 @@ def _merge_once(files: Mapping[str, ParsedFile], last_good: Mapping[str, ConfigF
     fresh = {name for name, parsed in files.items()
              if parsed.ok and (name not in last_good or last_good[name] != parsed.config)}
     # domains of a file held for a clash still exist for startAfter (no second error for it)
-    held = {d for n in blamed if files[n].ok for d in files[n].config.domains}  # type: ignore[union-attr]
+    held = {name for kind, name in _declared_in(files, blamed) if kind == "domain"}
     clashes = _cross_checks(result["domain"], fresh, held)
     state = DesiredState(domains=result["domain"], networks=result["network"], errors=tuple(errors),
                          broken_files=frozenset(broken), conflicts=conflicts)

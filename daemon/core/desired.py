@@ -31,6 +31,12 @@ class Rendered:
         return (kind, name) in self.held_keys or self.state.held(kind, name, source_file)
 
     @property
+    def holding(self) -> tuple[object, ...]:
+        """What holds objects back: broken files, files held for a rule across files and what
+        they declare, objects that failed to render. A change of it decides the held ones again."""
+        return self.state.broken_files, self.state.held_declared, self.held_keys
+
+    @property
     def all_errors(self) -> tuple[ConfigError, ...]:
         return self.state.errors + self.errors
 

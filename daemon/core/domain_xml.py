@@ -9,14 +9,14 @@ before the ownership metadata is attached) is the domain's spec hash.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from . import identity
 from .ownership import DEFAULT_INSTANCE, Owner, digest_of, owned_text
 from .xmlbuild import RenderedXml, serialize, sub
 from .spec import DesiredPower, Disk, DiskDevice, DiskType, Domain, Firmware, VirtType
-from .spec_devices import Hostdev, HostdevType
+from .spec_devices import CPU_MODES, Hostdev, HostdevType
 
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "sata", "hd": "ide", "xvd": "xen"}
 
@@ -34,6 +34,7 @@ class RenderContext:
 @dataclass(frozen=True)
 class RenderedDomain(RenderedXml):
     spec: Domain
+    macs: dict[str, str] = field(compare=False, repr=False, default_factory=dict, kw_only=True)  # NIC -> MAC
 
     @property
     def autostart(self) -> bool:
@@ -99,9 +100,11 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
         sub(fs, "target", dir=tag)
         if share.read_only:
             sub(fs, "readonly")
+    macs = {}
     for nic_name, nic in spec.interfaces.items():
         iface = sub(devices, "interface", type="network" if nic.network else "bridge")
-        sub(iface, "mac", address=identity.interface_mac(uuid, nic_name, nic.mac))
+        macs[nic_name] = identity.interface_mac(uuid, nic_name, nic.mac)
+        sub(iface, "mac", address=macs[nic_name])
         if nic.network:
             sub(iface, "source", network=nic.network)
         else:
@@ -129,7 +132,7 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     digest = digest_of(text)
     owner = Owner(file=source_file, spec_hash=digest, instance=ctx.instance, shutdown_timeout=spec.shutdown_timeout)
     return RenderedDomain(name=name, uuid=uuid, spec_hash=digest, source_file=source_file, spec=spec,
-                          xml=owned_text(text, owner), owner=owner)
+                          xml=owned_text(text, owner), owner=owner, macs=macs)
 
 
 def _tuning(root: ET.Element, spec: Domain) -> None:
@@ -151,7 +154,7 @@ def _tuning(root: ET.Element, spec: Domain) -> None:
             sub(tune, "emulatorpin", cpuset=cpu.emulator_pin)
     if cpu.model is None and cpu.topology is None and not spec.numa:
         return
-    if cpu.model in ("host-passthrough", "host-model"):
+    if cpu.model in CPU_MODES:
         el = sub(root, "cpu", mode=cpu.model)
     elif cpu.model is not None:
         el = sub(root, "cpu", mode="custom", match="exact")
@@ -171,7 +174,7 @@ def _hostdev(devices: ET.Element, dev_name: str, dev: Hostdev) -> None:
     el = sub(devices, "hostdev", mode="subsystem", type=dev.type.value, managed="yes")
     source = sub(el, "source")
     if dev.type == HostdevType.pci:
-        domain, bus, slot, function = dev.identity.split(" ", 1)[1].replace(".", ":").split(":")
+        domain, bus, slot, function = dev.pci_address
         sub(source, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
     elif dev.vendor is not None:
         sub(source, "vendor", id=dev.vendor.lower())

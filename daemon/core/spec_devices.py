@@ -78,20 +78,24 @@ class Hostdev(Model):
         return self
 
     @property
+    def pci_address(self) -> tuple[str, str, str, str]:
+        """(domain, bus, slot, function) of a pci device, lower case, the domain 0000 if left out."""
+        domain, bus, slot, function = re.fullmatch(PCI_PATTERN, str(self.address)).groups()  # type: ignore[union-attr]
+        return (domain or "0000").lower(), bus.lower(), slot.lower(), function
+
+    @property
     def identity(self) -> str:
         """What names the device on the host, the same however it is written (for clashes)."""
         if self.type == HostdevType.pci:
-            domain, bus, slot, function = re.fullmatch(PCI_PATTERN, str(self.address)).groups()  # type: ignore[union-attr]
-            return f"pci {(domain or '0000').lower()}:{bus.lower()}:{slot.lower()}.{function}"
+            domain, bus, slot, function = self.pci_address
+            return f"pci {domain}:{bus}:{slot}.{function}"
         if self.address is not None:
             bus, device = self.address.split(".")
             return f"usb {int(bus)}.{int(device)}"
         return f"usb {str(self.vendor).lower()}:{str(self.product).lower()}"
 
 
-class CpuMode(StrEnum):
-    host_passthrough = "host-passthrough"
-    host_model = "host-model"
+CPU_MODES = ("host-passthrough", "host-model")  # cpu.model values that are modes, not named models
 
 
 class Topology(Model):

@@ -17,10 +17,11 @@ from typing import Any
 
 import structlog
 
-from .adapters.hypervisor_protocol import (DefineDomain, Destroy, DomainOp, HypervisorLike, MarkShutdown,
-                                           ResizeDisk, SetAutostart, SetOwner, Shutdown, Start, Undefine)
+from .adapters.hypervisor_protocol import (AttachDevice, DefineDomain, Destroy, DetachDevice, DomainOp,
+                                           HypervisorLike, MarkShutdown, ResizeDisk, SetAutostart, SetLiveOwner,
+                                           SetMemory, SetOwner, SetVcpus, Shutdown, Start, Undefine)
 from .adapters.images import Images
-from .core import identity
+from .core import identity, live_changes
 from .core.domain_plan import plan_domain
 from .core.domain_xml import RenderedDomain, console_log_path
 from .core.keys import Key, Kind
@@ -39,8 +40,10 @@ CONFIRMING_EVENTS = {Act.define: (DomainEvent.defined,), Act.start: (DomainEvent
 _SIMPLE_OPS: dict[Act, Callable[[Action], DomainOp]] = {
     Act.set_autostart: lambda a: SetAutostart(bool(a.value)), Act.start: lambda a: Start(),
     Act.shutdown: lambda a: Shutdown(), Act.destroy: lambda a: Destroy(), Act.undefine: lambda a: Undefine(),
+    Act.set_vcpus: lambda a: SetVcpus(int(a.size or 1)), Act.set_memory: lambda a: SetMemory(int(a.size or 0)),
 }
-LIBVIRT_ACTS = frozenset(_SIMPLE_OPS) | {Act.define, Act.set_owner, Act.mark_shutdown, Act.grow_disk_live}
+LIBVIRT_ACTS = frozenset(_SIMPLE_OPS) | {Act.define, Act.set_owner, Act.mark_shutdown, Act.grow_disk_live,
+                                         Act.attach_device, Act.detach_device, Act.set_live_owner}
 # actions after which the disks' report is read again (their files or sizes changed)
 _DISK_CHANGES = {Act.create_overlay, Act.recreate_overlay, Act.grow_overlay, Act.grow_disk_live}
 
@@ -88,9 +91,12 @@ class DomainKind:
         waiting = ()
         if after and (observed is None or not observed.power.active):
             waiting = tuple([d for d in after if not await self._runs(d)])
+        live_devices = None
+        if _unplug_pending(observed):
+            live_devices = await self.hv.live_devices(name)
         return DomainObservation(observed, overlays=overlays, missing_paths=missing_paths(desired),
                                  networks=networks, live_disks=live_disks, waiting_for=waiting,
-                                 wake_after=dependents)
+                                 wake_after=dependents, live_devices=live_devices, hotplug=self.hv.hotplug)
 
     async def _runs(self, name: str) -> bool:
         """Whether nvirtd's domain `name` is up (what startAfter waits for, and a removal for)."""
@@ -147,8 +153,10 @@ class DomainKind:
                 self.expectations.forget(key, *events)
                 raise
             for action in batch:
-                log.info(f"domain_{action.kind.value.replace('-', '_')}", domain=name,
-                         **({"disk": action.disk} if action.disk else {}))
+                extra = {k: v for k, v in (("disk", action.disk), ("device", action.device)) if v}
+                if action.kind in (Act.set_vcpus, Act.set_memory):
+                    extra["to"] = str(action.size)
+                log.info(f"domain_{action.kind.value.replace('-', '_')}", domain=name, **extra)
                 done.append(action)
             i += len(batch)
         overlays = obs.overlays
@@ -170,7 +178,20 @@ class DomainKind:
         if action.kind == Act.grow_disk_live:
             assert action.disk is not None and action.size is not None
             return ResizeDisk(identity.overlay_path(self.images_dir, name, action.disk), action.size)
+        if action.kind == Act.detach_device:  # what the running guest has: its live parts say how to find it
+            assert observed is not None and observed.live_owner is not None and action.device is not None
+            have = live_changes.decode(observed.live_owner.live)
+            assert have is not None
+            return DetachDevice(have.devices[action.device].ident)
         assert desired is not None
+        if action.kind == Act.attach_device:
+            assert action.device is not None
+            return AttachDevice(desired.device_xml[action.device], desired.live.devices[action.device].ident)
+        if action.kind == Act.set_live_owner:
+            assert observed is not None and observed.live_owner is not None
+            return SetLiveOwner(dataclasses.replace(
+                observed.live_owner, spec_hash=desired.spec_hash if action.value else observed.live_owner.spec_hash,
+                restart_hash=desired.restart_hash, live=action.detail, file=desired.owner.file))
         owner = desired.owner
         if action.kind == Act.set_owner:
             assert observed is not None and observed.owner is not None
@@ -200,6 +221,14 @@ class DomainKind:
         size = disk.nix.size_bytes if disk.nix else None
         assert action.image is not None
         await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
+
+
+def _unplug_pending(observed: ObservedDomain | None) -> bool:
+    """Whether the running guest was asked to release a device (the plan looks whether it did)."""
+    if observed is None or not observed.power.active or observed.live_owner is None:
+        return False
+    have = live_changes.decode(observed.live_owner.live)
+    return have is not None and any(d.pending_since is not None for d in have.devices.values())
 
 
 def missing_paths(desired: RenderedDomain) -> tuple[str, ...]:

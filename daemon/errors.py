@@ -47,5 +47,10 @@ class HypervisorError(TemporaryError):
     """libvirt refused or failed an operation; retried with backoff."""
 
 
+class HotplugUnsupported(HypervisorError):
+    """The libvirt driver cannot plug devices into a running guest (libvirt's test driver):
+    such changes wait for the next boot."""
+
+
 class StartupError(Exception):
     """The daemon cannot start as asked (a metrics address taken, ...): one line, exit 1."""

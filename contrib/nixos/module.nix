@@ -116,6 +116,7 @@ let
     options = {
       uuid = opt (nullOr types.str) null "Default: derived from the name, stable.";
       cpu.amount = opt types.ints.positive 1 "Number of virtual CPUs.";
+      cpu.max = opt (nullOr (types.ints.between 1 1024)) null "Most vCPUs: cpu.amount can rise to it while the guest runs (no restart).";
       cpu.model = opt (nullOr types.str) null "host-passthrough, host-model, or a named model (virsh cpu-models x86_64).";
       cpu.topology = opt (nullOr (types.submodule {
         options.sockets = opt types.ints.positive 1 "Sockets.";
@@ -125,6 +126,7 @@ let
       cpu.pin = opt (types.attrsOf types.str) { } "vCPU number -> the host CPUs it may run on (a cpuset).";
       cpu.emulatorPin = opt (nullOr types.str) null "The host CPUs QEMU's own threads may run on.";
       memory.amount = req types.ints.positive "Amount of memory, in memory.unit.";
+      memory.max = opt (nullOr types.ints.positive) null "Most memory, in memory.unit: amount is then the balloon's target, changed live.";
       memory.hugepages = opt (nullOr (types.submodule {
         options.size = opt types.ints.positive 2 "Size of one page, in unit.";
         options.unit = opt (types.enum [ "KiB" "MiB" "GiB" ]) "MiB" "KiB, MiB or GiB.";

@@ -27,9 +27,11 @@ from ..core.observed import DomainEvent, ObservedDomain, Power
 from ..core.ownership import Owner, fingerprint, owner_element, parse_owner
 from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
+from . import fake_hypervisor_live as live
 from .fake_hypervisor_networks import FakeNetwork, FakeNetworkOps
-from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, EventSink, MarkShutdown, ResizeDisk, SetAutostart,
-                                  SetOwner, Shutdown, Start, Undefine)
+from .hypervisor_protocol import (AttachDevice, DefineDomain, Destroy, DetachDevice, DomainOp, EventSink, MarkShutdown,
+                                  ResizeDisk, SetAutostart, SetLiveOwner, SetMemory, SetOwner, SetVcpus, Shutdown,
+                                  Start, Undefine)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class FakeDomain:
     power: Power = Power.shutoff
     autostart: bool = False
     obeys_acpi: bool = True  # a guest without an OS ignores the power button
+    releases_devices: bool = True  # and never lets go of an unplugged device
 
     @property
     def open_disks(self) -> frozenset[str]:
@@ -78,6 +81,7 @@ class FakeHypervisor(FakeNetworkOps):
         self.mutations: collections.Counter[str] = collections.Counter()
         self.calls = 0
         self.known: set[str] | None = None
+        self.hotplug = True  # False: a driver that cannot plug devices (as libvirt's test driver)
         self.events = EventSink()
         self.domains: dict[str, FakeDomain] = {}  # by UUID
         self.networks: dict[str, FakeNetwork] = {}
@@ -238,6 +242,19 @@ class FakeHypervisor(FakeNetworkOps):
                     self._undefine(name)
                 case ResizeDisk(path=path, size=size):
                     self._grow_live(name, path, size)
+                case SetVcpus(count=count):
+                    live.set_vcpus(self._looked_at(name), name, count)
+                case SetMemory(kib=kib):
+                    live.set_memory(self._looked_at(name), name, kib)
+                case AttachDevice(xml=xml, ident=ident):
+                    live.attach(self._looked_at(name), name, xml, ident, hotplug=self.hotplug)
+                case DetachDevice(ident=ident):
+                    if live.detach(self._looked_at(name), name, ident, hotplug=self.hotplug):
+                        self._emit(name, DomainEvent.device_removed)
+                case SetLiveOwner(owner=owner):
+                    dom = self._looked_at(name)
+                    if dom is not None and dom.power.active:
+                        dom.live_owner = owner
                 case _:
                     raise TypeError(f"not a domain operation: {op!r}")
 
@@ -245,6 +262,11 @@ class FakeHypervisor(FakeNetworkOps):
         self._call("live_disks")
         dom = self._looked_at(name)
         return frozenset() if dom is None else dom.open_disks
+
+    async def live_devices(self, name: str) -> frozenset[str]:
+        self._call("live_devices")
+        dom = self._looked_at(name)
+        return live.idents(dom.live if dom is not None else None)
 
     def _grow_live(self, name: str, path: str, size: int) -> None:
         dom = self._looked_at(name)

@@ -36,6 +36,7 @@ from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
 from .hypervisor_domains import DomainOps
 from .hypervisor_fingerprints import PendingFingerprints
+from .hypervisor_live import LiveReads
 from .hypervisor_networks import NetworkOps
 from .hypervisor_threads import close_quietly, in_own_thread, register_event_loop
 from .hypervisor_protocol import EventSink
@@ -69,7 +70,7 @@ def _no_object(exc: libvirt.libvirtError) -> bool:
     return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK)
 
 
-class Hypervisor(DomainOps, NetworkOps):
+class Hypervisor(DomainOps, NetworkOps, LiveReads):
     def __init__(self, uri: str, *, threads: int = 8, connections: int = 4) -> None:
         self.uri = uri
         self.conn: libvirt.virConnect | None = None  # the one with the event callbacks
@@ -89,6 +90,7 @@ class Hypervisor(DomainOps, NetworkOps):
         # every domain name libvirt has, from the last full listing plus the events since:
         # a name not in it needs no lookup RPC to learn that it does not exist
         self.known: set[str] | None = None
+        self.hotplug = True  # until the driver refuses to plug a device (learned per connection)
         self._listed: dict[str, tuple[Power, bool, bool]] = {}  # see list_domains
         self._threads = threads
         self._fingerprints = PendingFingerprints()  # see hypervisor_fingerprints
@@ -158,6 +160,9 @@ class Hypervisor(DomainOps, NetworkOps):
                 ("network", conn.networkEventRegisterAny(None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE,
                                                          self._network_event, None)),
             ]
+            with contextlib.suppress(libvirt.libvirtError):  # a guest released an unplugged device
+                self._callback_ids.append(("domain", conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._device_removed, None)))
             conns = [conn]
             if not self.uri.startswith("test:///"):  # in-process test:///FILE would give each its own state
                 for _ in range(self.connections - 1):
@@ -181,6 +186,7 @@ class Hypervisor(DomainOps, NetworkOps):
         self._listed.clear()
         self._fingerprints.clear()  # the resync after a reconnect redefines what had none
         self.known = None  # events may be missed while disconnected: list again
+        self.hotplug = True
         if not conns:
             return
 
@@ -239,6 +245,9 @@ class Hypervisor(DomainOps, NetworkOps):
         if self.events.drop(name, kind):  # expected (our own action's echo): no need to wake the loop
             return
         self._to_loop(self._note_domain_event, name, kind)
+
+    def _device_removed(self, _conn: Any, dom: Any, _alias: str, _opaque: Any) -> None:
+        self._to_loop(self._note_domain_event, dom.name(), DomainEvent.device_removed)
 
     def _note_domain_event(self, name: str, event: DomainEvent) -> None:
         if self.known is not None:
@@ -371,13 +380,6 @@ class Hypervisor(DomainOps, NetworkOps):
             fingerprint=fingerprint(xml), autostart=autostart, persistent=persistent, networks=nets,
             live_owner=live_owner,
         )
-
-    async def live_disks(self, name: str) -> frozenset[str]:
-        """The disk files the running instance of the domain looked at last has open."""
-        def read(dom: Any) -> frozenset[str]:
-            root = ET.fromstring(dom.XMLDesc(0))
-            return frozenset(s.get("file", "") for s in root.findall("./devices/disk/source") if s.get("file"))
-        return await self._run(lambda: self._on_observed(name, read) or frozenset())
 
     async def domains_using_network(self, network: str) -> list[str]:
         def scan() -> list[str]:

@@ -18,11 +18,13 @@ from typing import Any, TypeVar
 import libvirt
 
 from ..core.ownership import NAMESPACE, PREFIX, Owner, owner_xml
+from . import hypervisor_live as live
 from .hypervisor_fingerprints import read_fingerprint
 from .hypervisor_handles import through_cached
-from ..errors import HypervisorError
-from .hypervisor_protocol import (DefineDomain, Destroy, DomainOp, MarkShutdown, ResizeDisk, SetAutostart, SetOwner,
-                                  Shutdown, Start, Undefine)
+from ..errors import HotplugUnsupported, HypervisorError
+from .hypervisor_protocol import (AttachDevice, DefineDomain, Destroy, DetachDevice, DomainOp, MarkShutdown,
+                                  ResizeDisk, SetAutostart, SetLiveOwner, SetMemory, SetOwner, SetVcpus, Shutdown,
+                                  Start, Undefine)
 
 T = TypeVar("T")
 _MARK_IS_OPTIONAL = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG,
@@ -77,6 +79,7 @@ class DomainOps:
     _applying: int
     _changes: int
     _flush_when_idle: Any
+    hotplug: bool
 
     async def apply(self, name: str, ops: list[DomainOp]) -> None:
         self._listed.pop(name, None)  # a change of ours: the listing's facts no longer hold
@@ -118,8 +121,25 @@ class DomainOps:
                     self._doms.pop(name, None)
                 case ResizeDisk(path=path, size=size):
                     self._on_observed(name, lambda d: _grow_live(d, path, size))
+                case SetVcpus(count=count):
+                    self._on_observed(name, lambda d: live.set_vcpus(d, count))
+                case SetMemory(kib=kib):
+                    self._on_observed(name, lambda d: live.set_memory(d, kib))
+                case AttachDevice(xml=xml, ident=ident):
+                    self._hotplug(name, lambda d: live.attach(d, xml, ident))
+                case DetachDevice(ident=ident):
+                    self._hotplug(name, lambda d: live.detach(d, ident))
+                case SetLiveOwner(owner=owner):
+                    self._on_observed(name, lambda d: live.set_live_owner(d, owner))
                 case _:
                     raise TypeError(f"not a domain operation: {op!r}")
+
+    def _hotplug(self, name: str, fn: Callable[[Any], None]) -> None:
+        try:
+            self._on_observed(name, fn)
+        except HotplugUnsupported:
+            self.hotplug = False  # learned once per connection: the plan waits for a boot instead
+            raise
 
     def _on_observed(self, name: str, fn: Callable[[Any], T], *, gone_is_done: bool = False) -> T | None:
         return through_cached(self._doms, "domain", name, fn, gone_code=libvirt.VIR_ERR_NO_DOMAIN,

@@ -86,7 +86,47 @@ class ResizeDisk:
     counter: ClassVar[str] = "resize_disk"
 
 
-DomainOp = DefineDomain | SetOwner | SetAutostart | Start | MarkShutdown | Shutdown | Destroy | Undefine | ResizeDisk
+@dataclass(frozen=True, slots=True)
+class SetVcpus:
+    """The running guest's vCPUs (live only: the definition already says it)."""
+    count: int
+    counter: ClassVar[str] = "set_vcpus"
+
+
+@dataclass(frozen=True, slots=True)
+class SetMemory:
+    """The running guest's balloon target, in KiB (live only)."""
+    kib: int
+    counter: ClassVar[str] = "set_memory"
+
+
+@dataclass(frozen=True, slots=True)
+class AttachDevice:
+    """Plug a device into the running guest (live only); already there (`ident`: a NIC's MAC,
+    a disk's alias) is done. A driver that cannot plug devices raises HotplugUnsupported."""
+    xml: str
+    ident: str
+    counter: ClassVar[str] = "attach_device"
+
+
+@dataclass(frozen=True, slots=True)
+class DetachDevice:
+    """Ask the running guest to release a device (live only); gone is done. It returns once
+    asked: the device-removed event, or a later look (live_devices), confirms it."""
+    ident: str
+    counter: ClassVar[str] = "detach_device"
+
+
+@dataclass(frozen=True, slots=True)
+class SetLiveOwner:
+    """The running instance's owner element: what it has now (core/live_changes.py)."""
+    owner: Owner
+    counter: ClassVar[str] = "set_live_owner"
+
+
+DomainOp = (DefineDomain | SetOwner | SetAutostart | Start | MarkShutdown | Shutdown | Destroy | Undefine | ResizeDisk
+            | SetVcpus | SetMemory | AttachDevice | DetachDevice | SetLiveOwner)
+LIVE_OPS = (SetVcpus, SetMemory, AttachDevice, DetachDevice, SetLiveOwner)
 
 
 @dataclass(slots=True)
@@ -106,6 +146,7 @@ class HypervisorLike(Protocol):
     mutations: collections.Counter[str]
     known: set[str] | None
     events: EventSink
+    hotplug: bool  # False once the driver refused to plug a device (libvirt's test driver)
 
     @property
     def mutation_count(self) -> int: ...
@@ -123,6 +164,7 @@ class HypervisorLike(Protocol):
     async def observe_network(self, name: str) -> ObservedNetwork | None: ...
     async def network_link(self, name: str) -> NetworkLink: ...
     async def live_disks(self, name: str) -> frozenset[str]: ...
+    async def live_devices(self, name: str) -> frozenset[str]: ...
     async def define_network(self, xml: str) -> str: ...
     async def set_network_autostart(self, name: str, on: bool) -> None: ...
     async def start_network(self, name: str, xml: str | None = None) -> None: ...

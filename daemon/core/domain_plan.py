@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from . import backoff
+from . import backoff, live_changes
 from .backoff import Backoff
 from .domain_xml import RenderedDomain
+from .live_changes import LivePlan
 from .keys import Key, Kind, network as network_key
 from .observed import BuildPhase, DomainObservation, ObservedDomain, OverlayState, Power
 from .plan import (MIN_WAIT, MISSING_PATH_RETRY, SHUTDOWN_RESEND_SECONDS, Act, Action, Condition, Phase, Plan,
@@ -259,6 +260,17 @@ def _plan_desired(p: _Pass) -> Plan:
     return _plan_running(p, actions, conditions, message, power)
 
 
+def _live_change(p: _Pass) -> LivePlan | str | None:
+    """The live steps to the new definition, or why it needs a boot (None: no detail known,
+    as for a guest started from a definition that recorded no live parts)."""
+    live_owner = p.observed.live_owner if p.observed is not None else None
+    have = live_changes.decode(live_owner.live) if live_owner is not None else None
+    if have is None or live_owner is None or live_owner.restart_hash != p.desired.restart_hash:
+        return None
+    return live_changes.plan_live(p.desired.live, have, p.obs.live_devices, hotplug=p.obs.hotplug,
+                                  now_wall=p.now.wall)
+
+
 def _plan_running(p: _Pass, actions: list[Action], conditions: set[Condition], message: str | None,
                   power: Power) -> Plan:
     desired, observed, now = p.desired, p.observed, p.now.mono
@@ -291,14 +303,19 @@ def _plan_running(p: _Pass, actions: list[Action], conditions: set[Condition], m
     elif power == Power.running:
         live = observed.live_spec_hash if observed is not None else None
         if live is not None and live != desired.spec_hash:
-            if desired.spec.restart_on_change:
+            change = _live_change(p)
+            if isinstance(change, LivePlan):
+                actions.extend(change.actions)
+                message, requeue = message or change.message, change.requeue_after
+            elif desired.spec.restart_on_change:
                 steps, requeue = _shutdown_steps(p.shutdown, now, desired.spec.shutdown_timeout)
                 actions.extend(steps)
                 phase, shutdown = Phase.stopping, p.shutdown
                 message = "definition changed and restartOnChange is set: restarting"
             else:
                 conditions.add(Condition.restart_required)
-                message = message or "the new definition applies at the next boot (restartOnChange is false)"
+                why = f"{change}: " if change else ""
+                message = message or f"{why}the new definition applies at the next boot (restartOnChange is false)"
     wake = tuple(Key(Kind.domain, d) for d in p.obs.wake_after) if any(a.kind == Act.start for a in actions) else ()
     return Plan(actions=tuple(actions), phase=phase, conditions=frozenset(conditions),
                 requeue_after=requeue, message=message, shutdown=shutdown, wake=wake)

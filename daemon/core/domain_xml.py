@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from . import identity
+from .live_changes import Device, LiveParts
 from .ownership import DEFAULT_INSTANCE, Owner, digest_of, owned_text
 from .xmlbuild import RenderedXml, serialize, sub
 from .spec import DesiredPower, Disk, DiskDevice, DiskType, Domain, Firmware, VirtType
@@ -35,6 +36,10 @@ class RenderContext:
 class RenderedDomain(RenderedXml):
     spec: Domain
     macs: dict[str, str] = field(compare=False, repr=False, default_factory=dict, kw_only=True)  # NIC -> MAC
+    restart_hash: str = field(compare=False, repr=False, default="", kw_only=True)
+    live: LiveParts = field(compare=False, repr=False, default_factory=LiveParts, kw_only=True)
+    # the XML of each hot-pluggable device, as attach-device gives it to libvirt
+    device_xml: dict[str, str] = field(compare=False, repr=False, default_factory=dict, kw_only=True)
 
     @property
     def autostart(self) -> bool:
@@ -78,8 +83,16 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     root = ET.Element("domain", type=str(virt_type))
     sub(root, "name", name)
     sub(root, "uuid", uuid)
-    sub(root, "memory", str(spec.memory.amount), unit=spec.memory.unit.value)
-    sub(root, "vcpu", str(spec.cpu.amount))
+    memory, cpu = spec.memory, spec.cpu
+    # with a declared max, the guest is defined at its max and runs with `amount` (live parts)
+    sub(root, "memory", str(memory.max if memory.max is not None else memory.amount), unit=memory.unit.value)
+    current_memory = None
+    if memory.max is not None:
+        current_memory = sub(root, "currentMemory", str(memory.amount), unit=memory.unit.value)
+    if cpu.max is not None:
+        sub(root, "vcpu", str(cpu.max), current=str(cpu.amount))
+    else:
+        sub(root, "vcpu", str(cpu.amount))
     _tuning(root, spec)
     _os(root, spec)
     features = sub(root, "features")
@@ -91,8 +104,11 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
     sub(root, "on_crash", "destroy")
     devices = sub(root, "devices")
     targets = assign_targets(dict(spec.disks))
+    pluggable: dict[str, tuple[ET.Element, str]] = {}  # "nic:NAME" / "disk:NAME" -> (element, its live ident)
     for disk_name, disk in spec.disks.items():
-        _disk(devices, name, disk_name, disk, targets[disk_name], ctx)
+        el = _disk(devices, name, disk_name, disk, targets[disk_name], ctx)
+        if _hot_pluggable(disk, targets[disk_name]):
+            pluggable[f"disk:{disk_name}"] = (el, disk_alias(disk_name))
     for tag, share in spec.shares.items():
         fs = sub(devices, "filesystem", type="mount", accessmode="passthrough")
         sub(fs, "driver", type="virtiofs")
@@ -110,6 +126,7 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
         else:
             sub(iface, "source", bridge=nic.bridge)  # type: ignore[arg-type]
         sub(iface, "model", type=nic.model)
+        pluggable[f"nic:{nic_name}"] = (iface, macs[nic_name])
     for dev_name, dev in spec.hostdevs.items():
         _hostdev(devices, dev_name, dev)
     serial = sub(devices, "serial", type="pty")
@@ -130,9 +147,36 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
 
     text = serialize(root)  # once: the spec hash is of this text, and libvirt gets it with the owner
     digest = digest_of(text)
-    owner = Owner(file=source_file, spec_hash=digest, instance=ctx.instance, shutdown_timeout=spec.shutdown_timeout)
+    # the restart hash: the same text without what a running guest can take live (cut out of
+    # the text, which the same writer made: no second serialisation of the whole tree)
+    rest, device_xml, live_devices = text, {}, {}
+    if cpu.max is not None:
+        rest = rest.replace(f'<vcpu current="{cpu.amount}">', "<vcpu>", 1)
+    if current_memory is not None:
+        rest = rest.replace(serialize(current_memory), "", 1)
+    for key, (el, ident) in pluggable.items():
+        piece = serialize(el)
+        rest = rest.replace(piece, "", 1)
+        device_xml[key] = piece
+        live_devices[key] = Device(digest_of(piece)[:12], ident)
+    live = LiveParts(cpu.amount if cpu.max is not None else None,
+                     memory.bytes // 1024 if memory.max is not None else None, live_devices)
+    restart_hash = digest_of(rest)
+    owner = Owner(file=source_file, spec_hash=digest, instance=ctx.instance, shutdown_timeout=spec.shutdown_timeout,
+                  restart_hash=restart_hash, live=live.encode())
     return RenderedDomain(name=name, uuid=uuid, spec_hash=digest, source_file=source_file, spec=spec,
-                          xml=owned_text(text, owner), owner=owner, macs=macs)
+                          xml=owned_text(text, owner), owner=owner, macs=macs, restart_hash=restart_hash,
+                          live=live, device_xml=device_xml)
+
+
+def disk_alias(disk_name: str) -> str:
+    """The user alias a disk has in libvirt (how a live unplug names it)."""
+    return "ua-" + disk_name.replace(".", "-")
+
+
+def _hot_pluggable(disk: Disk, target: str) -> bool:
+    """A virtio data disk can be plugged into a running guest; SATA, IDE, cdroms and vvfat cannot."""
+    return disk.device == DiskDevice.disk and disk.type != DiskType.dir and bus_for(target) == "virtio"
 
 
 def _tuning(root: ET.Element, spec: Domain) -> None:
@@ -198,7 +242,8 @@ def _os(root: ET.Element, spec: Domain) -> None:
             sub(os_el, "cmdline", spec.boot.cmdline)
 
 
-def _disk(devices: ET.Element, domain: str, disk_name: str, disk: Disk, target: str, ctx: RenderContext) -> None:
+def _disk(devices: ET.Element, domain: str, disk_name: str, disk: Disk, target: str,
+          ctx: RenderContext) -> ET.Element:
     source_type = {DiskType.nix: "file", DiskType.file: "file", DiskType.block: "block",
                    DiskType.dir: "dir", DiskType.volume: "volume"}[disk.type]
     el = sub(devices, "disk", type=source_type, device=disk.device.value)
@@ -219,4 +264,5 @@ def _disk(devices: ET.Element, domain: str, disk_name: str, disk: Disk, target: 
         sub(el, "boot", order=str(disk.boot_order))
     if disk.read_only or disk.device == DiskDevice.cdrom:
         sub(el, "readonly")
-    sub(el, "alias", name="ua-" + disk_name.replace(".", "-"))
+    sub(el, "alias", name=disk_alias(disk_name))
+    return el

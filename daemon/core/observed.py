@@ -122,6 +122,10 @@ class DomainObservation:
     waiting_for: tuple[str, ...] = ()
     dependents_running: tuple[str, ...] = ()
     wake_after: tuple[str, ...] = ()
+    # the devices libvirt's live XML shows (NIC MACs, disk aliases): looked at only while an
+    # unplug is pending (None: not looked at); and whether the driver can plug devices at all
+    live_devices: frozenset[str] | None = None
+    hotplug: bool = True
 
     @property
     def owner(self) -> Owner | None:
@@ -154,4 +158,5 @@ class DomainEvent(StrEnum):
     shutdown = "shutdown"
     pmsuspended = "pmsuspended"
     crashed = "crashed"
+    device_removed = "device-removed"  # a guest released an unplugged device
     other = "other"  # one this libvirt knows and nvirtd does not: still a change

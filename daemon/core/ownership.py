@@ -23,9 +23,11 @@ in nvirtd's own XML namespace:
 - `fingerprint` is the hash of the inactive XML libvirt produced from it, read
   back right after the define (again without metadata). If the definition libvirt
   holds later hashes differently, someone edited it (virsh edit, virt-manager).
-- `restart-hash` (networks only) is the hash of the rendered XML without its static
-  DHCP and DNS hosts: when only hosts changed, a running network is updated in place
-  (virNetworkUpdate) instead of restarted.
+- `restart-hash` is the hash of the rendered XML without what can change while it runs.
+  For a network: its static DHCP and DNS hosts (a running network is updated in place,
+  virNetworkUpdate). For a domain: vCPUs within cpu.max, memory within memory.max, NICs
+  and virtio data disks; `live` lists those parts (core/live_changes.py), and in the
+  running instance's metadata says what the guest has now.
 An object without the element is not nvirtd's and is never touched.
 """
 
@@ -58,6 +60,7 @@ class Owner:
     instance: str | None = None  # None: written before instances existed (the default instance's)
     shutdown_timeout: int | None = None  # None: the default
     shutdown_started: float | None = None  # live metadata only
+    live: str | None = None  # a domain's live parts (core/live_changes.LiveParts, encoded)
 
     @property
     def owned_by(self) -> str:
@@ -82,6 +85,8 @@ def owner_element(owner: Owner) -> ET.Element:
         el.set("shutdown-timeout", str(owner.shutdown_timeout))
     if owner.shutdown_started is not None:
         el.set("shutdown-started", f"{owner.shutdown_started:.3f}")
+    if owner.live is not None:
+        el.set("live", owner.live)
     return el
 
 
@@ -105,7 +110,7 @@ def _owner_of(el: ET.Element) -> Owner:
     return Owner(file=el.get("file", ""), spec_hash=el.get("spec-hash", ""), fingerprint=el.get("fingerprint"),
                  restart_hash=el.get("restart-hash"), instance=el.get("instance") or None,
                  shutdown_timeout=_number(el.get("shutdown-timeout"), int),
-                 shutdown_started=_number(el.get("shutdown-started"), float))
+                 shutdown_started=_number(el.get("shutdown-started"), float), live=el.get("live"))
 
 
 def _number(text: str | None, kind: type) -> Any:

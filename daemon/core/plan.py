@@ -64,6 +64,12 @@ class Act(StrEnum):
     shutdown = "shutdown"
     destroy = "destroy"
     undefine = "undefine"
+    # live changes of a running guest (core/live_changes.py)
+    set_vcpus = "set-vcpus"
+    set_memory = "set-memory"  # the balloon target
+    attach_device = "attach-device"
+    detach_device = "detach-device"  # asks the guest to release it: confirmed later
+    set_live_owner = "set-live-owner"  # the running instance's owner element: what it has now
     reattach_nics = "reattach-nics"
     update_hosts = "update-hosts"
 
@@ -74,14 +80,20 @@ class Action:
     disk: str | None = None  # image actions
     image: str | None = None  # store image for overlay and root actions
     value: bool | None = None  # set-autostart
-    size: int | None = None  # grow actions: the new virtual size in bytes
+    size: int | None = None  # grow actions: the new virtual size in bytes; set-vcpus: count; set-memory: KiB
+    device: str | None = None  # attach/detach-device: "nic:NAME" or "disk:NAME"
+    detail: str | None = None  # set-live-owner: the live parts it records (LiveParts.encode)
     updates: tuple[tuple[str, StaticHost], ...] = ()  # update-hosts: ("delete" | "add", host), in order
 
     def __str__(self) -> str:
         if self.updates:
             adds = sum(1 for command, _ in self.updates if command == "add")
             return f"{self.kind}(+{adds} -{len(self.updates) - adds})"
-        extra = self.disk or (str(self.value).lower() if self.value is not None else "")
+        extra = self.disk or self.device or (str(self.value).lower() if self.value is not None else "")
+        if self.kind in (Act.set_vcpus, Act.set_memory):
+            return f"{self.kind}({self.size})"
+        if self.kind == Act.set_live_owner:
+            return str(self.kind)
         if self.size is not None:
             extra = f"{extra}, {self.size} bytes"
         return f"{self.kind}({extra})" if extra else str(self.kind)

@@ -18,44 +18,15 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 
 from .network_spec import ForwardMode, Network
-from .spec_devices import (CPU_MODEL_PATTERN, CpuSet, Hostdev, Hugepages, NumaCell, Topology,
-                           tuning_problems)
+from .spec_devices import Hostdev, NumaCell, tuning_problems
+from .spec_resources import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, Cpu, Memory, MemoryUnit
 from .spec_base import (BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, NAMED_INTERVALS, TARGET_PATTERN, AbsPath, IPv4,
                         IPv6, Model, Name, parse_duration)
 
-__all__ = ["ForwardMode", "Network", "IPv4", "IPv6", "Model", "Name", "NAME_PATTERN"]
+__all__ = ["ForwardMode", "Network", "IPv4", "IPv6", "Model", "Name", "NAME_PATTERN", "Cpu", "Memory", "MemoryUnit",
+           "MIN_MEMORY_BYTES", "MAX_MEMORY_BYTES"]
 
 
-class MemoryUnit(StrEnum):
-    b = "b"
-    bytes = "bytes"
-    KB = "KB"
-    k = "k"
-    KiB = "KiB"
-    MB = "MB"
-    M = "M"
-    MiB = "MiB"
-    GB = "GB"
-    G = "G"
-    GiB = "GiB"
-    TB = "TB"
-    T = "T"
-    TiB = "TiB"
-
-    @property
-    def bytes_per_unit(self) -> int:
-        return _MEMORY_FACTORS[self.value]
-
-
-_MEMORY_FACTORS = {
-    "b": 1, "bytes": 1,
-    "KB": 10**3, "k": 2**10, "KiB": 2**10,
-    "MB": 10**6, "M": 2**20, "MiB": 2**20,
-    "GB": 10**9, "G": 2**30, "GiB": 2**30,
-    "TB": 10**12, "T": 2**40, "TiB": 2**40,
-}
-MIN_MEMORY_BYTES = 16 * 2**20
-MAX_MEMORY_BYTES = (2**53 - 1) * 1024  # libvirt refuses more ("numerical overflow"), measured on 9.0
 MAX_DISK_BYTES = 2**51  # qemu-img's qcow2 limit with its default 64 KiB clusters (2 PiB), measured
 
 
@@ -119,41 +90,6 @@ class Firmware(StrEnum):
 class ImageChangePolicy(StrEnum):
     keep = "keep"
     recreate = "recreate"
-
-
-class Cpu(Model):
-    amount: int = Field(1, ge=1, le=1024, description="Number of virtual CPUs.")
-    model: Annotated[str, Field(pattern=CPU_MODEL_PATTERN)] | None = Field(
-        None, description="host-passthrough, host-model, or a named model (Skylake-Client, EPYC, ...: "
-        "virsh cpu-models x86_64); default: libvirt's.")
-    topology: Topology | None = Field(None, description="Sockets x cores x threads; their product is cpu.amount.")
-    pin: dict[Annotated[str, Field(pattern=r"^\d{1,4}$")], CpuSet] = Field(
-        default_factory=dict, description="vCPU number -> the host CPUs it may run on (a cpuset, \"2\" or \"2-3,6\").")
-    emulator_pin: CpuSet | None = Field(None, description="The host CPUs QEMU's own threads may run on.")
-
-
-class Memory(Model):
-    amount: int = Field(ge=1, description="Amount of memory, in `unit`.")
-    unit: MemoryUnit = Field(strict=False, default=MemoryUnit.KiB, description="Unit of `amount` (libvirt's units).")
-    hugepages: Hugepages | None = Field(
-        None, description="Back the guest's memory with the host's hugepages ({} for 2 MiB pages); the host "
-        "must have them reserved (vm.nr_hugepages).")
-
-    @property
-    def bytes(self) -> int:
-        return self.amount * self.unit.bytes_per_unit
-
-    @model_validator(mode="after")
-    def _at_least_minimum(self) -> Self:
-        if self.bytes < MIN_MEMORY_BYTES:
-            raise ValueError(
-                f"{self.amount} {self.unit.value} is less than the 16 MiB minimum "
-                "(the default unit is KiB: did you forget \"unit\"?)"
-            )
-        if self.bytes > MAX_MEMORY_BYTES:
-            raise ValueError(f"{self.amount} {self.unit.value} is more than libvirt accepts "
-                             f"({MAX_MEMORY_BYTES // 2**10} KiB, about 8 EiB)")
-        return self
 
 
 class Driver(Model):
@@ -369,8 +305,12 @@ class Domain(Model):
 
     @model_validator(mode="after")
     def _tuning_fits(self) -> Self:
-        problems = tuning_problems(self.cpu.amount, self.memory.bytes, self.cpu.topology, self.cpu.pin,
-                                   self.memory.hugepages, self.numa)
+        problems = tuning_problems(self.cpu.most, self.memory.most_bytes, self.cpu.topology, self.cpu.pin,
+                                   self.memory.hugepages, self.numa,
+                                   count_field="cpu.max" if self.cpu.max is not None else "cpu.amount")
+        if self.numa and self.memory.max is not None:
+            problems.insert(0, ("memory.max", "a balloon range (memory.max) together with NUMA cells is not "
+                                              "supported: the cells hold all of the memory"))
         if problems:
             raise ValueError("; ".join(f"@{field}: {reason}" for field, reason in problems[:1]))
         return self

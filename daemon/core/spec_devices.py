@@ -123,15 +123,17 @@ class NumaCell(Model):
 
 
 def tuning_problems(amount: int, memory_bytes: int, topology: Topology | None, pins: dict[str, str],
-                    hugepages: Hugepages | None, numa: list[NumaCell]) -> list[tuple[str, str]]:
-    """(field, reason) for each way the tuning does not fit the domain's CPUs and memory."""
+                    hugepages: Hugepages | None, numa: list[NumaCell], *, count_field: str = "cpu.amount"
+                    ) -> list[tuple[str, str]]:
+    """(field, reason) for each way the tuning does not fit the domain's CPUs and memory
+    (`amount` is the most vCPUs it may have: `count_field`, cpu.max when declared)."""
     problems = []
     if topology is not None and topology.cpus != amount:
         problems.append(("cpu.topology", f"{topology.sockets} sockets x {topology.cores} cores x "
-                                         f"{topology.threads} threads is {topology.cpus} CPUs, not cpu.amount {amount}"))
+                                         f"{topology.threads} threads is {topology.cpus} CPUs, not {count_field} {amount}"))
     for vcpu in pins:
         if int(vcpu) >= amount:
-            problems.append((f"cpu.pin.{vcpu}", f"there is no vCPU {vcpu}: cpu.amount is {amount} (0 to {amount - 1})"))
+            problems.append((f"cpu.pin.{vcpu}", f"there is no vCPU {vcpu}: {count_field} is {amount} (0 to {amount - 1})"))
     if hugepages is not None and hugepages.bytes > memory_bytes:
         problems.append(("memory.hugepages.size", f"one page of {hugepages.size} {hugepages.unit} is more than the "
                                                   "guest's memory"))

@@ -1,0 +1,96 @@
+"""Live changes of a running guest, on libvirt (see core/live_changes.py for the plan).
+
+Every call is live only (VIR_DOMAIN_AFFECT_LIVE): the definition was already written by
+the define before it, so the next boot has the change either way. Each is idempotent,
+because a pass may fail half-way and be run again: a device that is already there is
+not plugged twice, one that is gone is not unplugged again.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import libvirt
+
+from ..core.ownership import NAMESPACE, PREFIX, Owner, owner_xml
+from ..errors import HotplugUnsupported
+
+LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+
+
+def live_idents(root: ET.Element) -> frozenset[str]:
+    """How the live XML shows its hot-pluggable devices: NIC MACs and disk aliases."""
+    macs = {m.get("address", "").lower() for m in root.findall("./devices/interface/mac")}
+    aliases = {a.get("name", "") for a in root.findall("./devices/disk/alias")}
+    return frozenset((macs | aliases) - {""})
+
+
+def read_live_idents(dom: Any) -> frozenset[str]:
+    return live_idents(ET.fromstring(dom.XMLDesc(0)))
+
+
+class LiveReads:
+    """Mixed into Hypervisor: what the running instance has now, read when a plan needs it."""
+
+    _run: Any
+    _on_observed: Any
+
+    async def live_disks(self, name: str) -> frozenset[str]:
+        """The disk files the running instance of the domain looked at last has open."""
+        def read(dom: Any) -> frozenset[str]:
+            root = ET.fromstring(dom.XMLDesc(0))
+            return frozenset(s.get("file", "") for s in root.findall("./devices/disk/source") if s.get("file"))
+        return await self._run(lambda: self._on_observed(name, read) or frozenset())
+
+    async def live_devices(self, name: str) -> frozenset[str]:
+        """The NIC MACs and disk aliases the running instance has (a pending unplug is done
+        once its device is gone from them)."""
+        return await self._run(lambda: self._on_observed(name, read_live_idents) or frozenset())
+
+
+def set_vcpus(dom: Any, count: int) -> None:
+    dom.setVcpusFlags(count, LIVE)
+
+
+def set_memory(dom: Any, kib: int) -> None:
+    dom.setMemoryFlags(kib, LIVE)
+
+
+def attach(dom: Any, xml: str, ident: str) -> None:
+    if ident in read_live_idents(dom):
+        return
+    try:
+        dom.attachDeviceFlags(xml, LIVE)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+            raise HotplugUnsupported(f"{exc.get_error_message()}: devices are plugged at the next boot",
+                                     delay=1.0) from None
+        raise
+
+
+def detach(dom: Any, ident: str) -> None:
+    """Ask the guest to release the device shown by `ident`. libvirt returns once it has
+    asked; QEMU removes the device when the guest lets go (the device-removed event)."""
+    root = ET.fromstring(dom.XMLDesc(0))
+    el = next((i for i in root.findall("./devices/interface")
+               if (i.find("mac") is not None and i.find("mac").get("address", "").lower() == ident)), None)
+    alias = el.find("alias").get("name") if el is not None and el.find("alias") is not None else None
+    if el is None and ident in {a.get("name") for a in root.findall("./devices/disk/alias")}:
+        alias = ident
+    if alias is None and el is None:
+        return  # gone already
+    try:
+        if alias is not None:
+            dom.detachDeviceAlias(alias, LIVE)
+        else:
+            dom.detachDeviceFlags(ET.tostring(el, encoding="unicode"), LIVE)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+            raise HotplugUnsupported(f"{exc.get_error_message()}: devices are unplugged at the next boot",
+                                     delay=1.0) from None
+        raise
+
+
+def set_live_owner(dom: Any, owner: Owner) -> None:
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(owner), PREFIX, NAMESPACE, LIVE)

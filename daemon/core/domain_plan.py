@@ -314,7 +314,7 @@ def _plan_running(p: _Pass, actions: list[Action], conditions: set[Condition], m
                 message = "definition changed and restartOnChange is set: restarting"
             else:
                 conditions.add(Condition.restart_required)
-                why = f"{change}: " if change else ""
+                why = f"{change}; " if change else ""
                 message = message or f"{why}the new definition applies at the next boot (restartOnChange is false)"
     wake = tuple(Key(Kind.domain, d) for d in p.obs.wake_after) if any(a.kind == Act.start for a in actions) else ()
     return Plan(actions=tuple(actions), phase=phase, conditions=frozenset(conditions),

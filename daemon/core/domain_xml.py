@@ -175,8 +175,11 @@ def disk_alias(disk_name: str) -> str:
 
 
 def _hot_pluggable(disk: Disk, target: str) -> bool:
-    """A virtio data disk can be plugged into a running guest; SATA, IDE, cdroms and vvfat cannot."""
-    return disk.device == DiskDevice.disk and disk.type != DiskType.dir and bus_for(target) == "virtio"
+    """A virtio data disk is plugged into (and pulled out of) a running guest; SATA, IDE,
+    cdroms and vvfat cannot be. What the guest may boot from never is: a nix disk (the
+    OS image), a disk with a boot order, and the first disk (vda)."""
+    return (disk.device == DiskDevice.disk and disk.type in (DiskType.file, DiskType.block, DiskType.volume)
+            and disk.boot_order is None and target != "vda" and bus_for(target) == "virtio")
 
 
 def _tuning(root: ET.Element, spec: Domain) -> None:

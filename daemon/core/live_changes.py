@@ -19,6 +19,7 @@ look, confirms it. One still there after UNPLUG_WAIT is left for the next boot.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .plan import Act, Action
@@ -91,69 +92,77 @@ def plan_live(wanted: LiveParts, live: LiveParts, present: frozenset[str] | None
               now_wall: float) -> LivePlan | str:
     """The live steps from `live` (what the running guest has) to `wanted`, or why the
     change needs a restart. `present` is what libvirt's live XML shows (looked at only
-    while an unplug is pending); `hotplug` is False on a driver that cannot plug devices."""
-    actions: list[Action] = []
+    while an unplug is pending); `hotplug` is False on a driver that cannot plug devices.
+
+    Each step is followed by the record of what the guest has after it, so a pass that
+    fails half-way leaves a record that is true (the next pass does not, say, take a
+    vCPU count the guest no longer has for its own)."""
+    reason = _needs_boot(wanted, live, hotplug)
+    if reason is not None:
+        return reason
+    steps: list[tuple[Action, LiveParts]] = []  # each step, and what the guest has once it is done
+    state = live
     if wanted.vcpus != live.vcpus:
-        if wanted.vcpus is None or live.vcpus is None or wanted.vcpus < live.vcpus:
-            # QEMU refuses to unplug an x86 vCPU the guest has not offered ("device unplug
-            # request for not supported device type"): fewer vCPUs take a boot
-            return f"cpu.amount: {live.vcpus} -> {wanted.vcpus} vCPUs (removing vCPUs takes a restart)"
-        actions.append(Action(Act.set_vcpus, size=wanted.vcpus))
+        state = dataclasses.replace(state, vcpus=wanted.vcpus)
+        steps.append((Action(Act.set_vcpus, size=wanted.vcpus), state))
     if wanted.memory_kib != live.memory_kib:
-        if wanted.memory_kib is None or live.memory_kib is None:
-            return "memory: the balloon's range changed"
-        actions.append(Action(Act.set_memory, size=wanted.memory_kib))
-    devices, waiting, messages = dict(wanted.devices), [], []
+        state = dataclasses.replace(state, memory_kib=wanted.memory_kib)
+        steps.append((Action(Act.set_memory, size=wanted.memory_kib), state))
+    waiting, messages = [], []
+    for key in sorted(set(wanted.devices) | set(live.devices)):
+        want, have = wanted.devices.get(key), live.devices.get(key)
+        devices = dict(state.devices)
+        if want is not None and have is None:
+            devices[key] = want
+            state = dataclasses.replace(state, devices=devices)
+            steps.append((Action(Act.attach_device, device=key), state))
+        elif have is not None and want is None:
+            if have.pending_since is None:
+                devices[key] = Device(have.digest, have.ident, int(now_wall))
+                state = dataclasses.replace(state, devices=devices)
+                steps.append((Action(Act.detach_device, device=key), state))
+                left = UNPLUG_WAIT
+            elif present is not None and have.ident not in present:
+                del devices[key]  # released: gone from the live parts
+                state = dataclasses.replace(state, devices=devices)
+                continue
+            else:
+                left = have.pending_since + UNPLUG_WAIT - now_wall
+                if left <= 0:
+                    return (f"{_label(key)}: the guest did not release it within {UNPLUG_WAIT:g} s "
+                            "(no device-removed event)")
+            waiting.append(left)
+            messages.append(f"{_label(key)}: unplug requested, waiting for the guest to release it")
+    complete = not waiting
+    actions: list[Action] = []
+    for i, (action, after) in enumerate(steps):
+        actions.append(action)
+        if i < len(steps) - 1:
+            actions.append(Action(Act.set_live_owner, value=False, detail=after.encode()))
+    if actions or state != live or complete:
+        actions.append(Action(Act.set_live_owner, value=complete, detail=state.encode()))
+    requeue = min(min(waiting), PENDING_RECHECK) if waiting else None
+    return LivePlan(tuple(actions), complete, "; ".join(messages) or None, requeue)
+
+
+def _needs_boot(wanted: LiveParts, live: LiveParts, hotplug: bool) -> str | None:
+    """Why the change cannot be made to the running guest; None when all of it can."""
+    if wanted.vcpus != live.vcpus and (wanted.vcpus is None or live.vcpus is None or wanted.vcpus < live.vcpus):
+        # QEMU refuses to unplug an x86 vCPU the guest has not offered ("device unplug
+        # request for not supported device type"): fewer vCPUs take a boot
+        return f"cpu.amount: {live.vcpus} -> {wanted.vcpus} vCPUs (vCPUs are added live, not removed)"
+    if wanted.memory_kib != live.memory_kib and (wanted.memory_kib is None or live.memory_kib is None):
+        return "memory: the balloon's range changed"
     for key in sorted(set(wanted.devices) | set(live.devices)):
         want, have = wanted.devices.get(key), live.devices.get(key)
         if want is not None and have is not None:
             if want.digest != have.digest or have.pending_since is not None:
-                return f"{_label(key)}: changed (a changed device is replaced at the next boot)"
-            continue
-        if not hotplug:
+                return f"{_label(key)}: changed (a device is plugged in or pulled out live, not changed)"
+        elif not hotplug and (want is not None or (have is not None and have.pending_since is None)):
             return f"{_label(key)}: this libvirt driver cannot plug devices into a running guest"
-        if want is not None:
-            actions.append(Action(Act.attach_device, device=key))
-            continue
-        assert have is not None
-        if have.pending_since is None:
-            actions.append(Action(Act.detach_device, device=key))
-            devices[key] = Device(have.digest, have.ident, int(now_wall))
-            waiting.append(UNPLUG_WAIT)
-            messages.append(f"{_label(key)}: unplug requested, waiting for the guest to release it")
-        elif present is not None and have.ident not in present:
-            continue  # released: gone from the live parts
-        else:
-            left = have.pending_since + UNPLUG_WAIT - now_wall
-            if left <= 0:
-                return (f"{_label(key)}: the guest did not release it within {UNPLUG_WAIT:g} s "
-                        "(no device-removed event); it goes at the next boot")
-            devices[key] = have
-            waiting.append(left)
-            messages.append(f"{_label(key)}: unplug requested, waiting for the guest to release it")
-    after = LiveParts(wanted.vcpus, wanted.memory_kib, devices)
-    complete = not waiting
-    if actions or after != live or complete:
-        actions.append(Action(Act.set_live_owner, value=complete, detail=after.encode()))
-    requeue = min(min(waiting), PENDING_RECHECK) if waiting else None
-    return LivePlan(tuple(actions), complete, "; ".join(messages) or None, requeue)
+    return None
 
 
 def _label(key: str) -> str:
     kind, _, name = key.partition(":")
     return f"{'NIC' if kind == 'nic' else 'disk'} {name}"
-
-
-def describe(actions: tuple[Action, ...]) -> str:
-    """What was done live, for the log and the status ("vCPUs -> 4, NIC lan plugged in")."""
-    words = []
-    for a in actions:
-        if a.kind == Act.set_vcpus:
-            words.append(f"vCPUs -> {a.size}")
-        elif a.kind == Act.set_memory:
-            words.append(f"memory -> {a.size} KiB")
-        elif a.kind == Act.attach_device and a.device:
-            words.append(f"{_label(a.device)} plugged in")
-        elif a.kind == Act.detach_device and a.device:
-            words.append(f"{_label(a.device)} unplug requested")
-    return ", ".join(words)

@@ -34,7 +34,8 @@ async def test_vcpus_and_memory_change_live_on_the_test_driver(dirs, settings, s
     assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG) == 3  # and the next boot has them too
     entry = d.entry("web")
     assert entry.phase == "running" and "restart-required" not in entry.conditions, entry
-    assert list(entry.last_actions[-3:]) == ["set-vcpus(3)", "set-memory(393216)", "set-live-owner"]
+    assert list(entry.last_actions[-4:]) == ["set-vcpus(3)", "set-live-owner", "set-memory(393216)",
+                                             "set-live-owner"]
     before = d.hv.mutation_count
     await d.reload(explicit=True)  # nothing left to do
     assert d.hv.mutation_count == before
@@ -48,7 +49,7 @@ async def test_what_cannot_change_live_waits_for_the_boot_and_says_why(dirs, set
     await d.reload()
     entry = d.entry("web")
     assert "restart-required" in entry.conditions
-    assert entry.message.startswith("cpu.amount: 3 -> 2 vCPUs (removing vCPUs takes a restart)")
+    assert entry.message.startswith("cpu.amount: 3 -> 2 vCPUs (vCPUs are added live, not removed)")
     assert fresh_libvirt.lookupByName("web").vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 3
     # a NIC on a driver that cannot plug devices: asked once, then it waits for the boot
     write_json(dirs["config"] / "a.json", {"domains": {"web": elastic(3, interfaces={"lan": {"network": "default"}})}})

@@ -35,6 +35,11 @@ VARIANTS = (
                                                                  "nix": {"size": 3}}}},
     {"memory": {"amount": 128, "unit": "MiB"}, "disks": {"root": {"type": "nix", "path": "{nix}/vm.nix",
                                                                  "nix": {"size": 4}}}},
+    # live changes: between these two a running guest takes vCPUs, memory and a NIC without a
+    # restart; back the other way, fewer vCPUs need a boot and the NIC is unplugged
+    {"memory": {"amount": 128, "max": 256, "unit": "MiB"}, "cpu": {"amount": 1, "max": 4}},
+    {"memory": {"amount": 192, "max": 256, "unit": "MiB"}, "cpu": {"amount": 3, "max": 4},
+     "interfaces": {"lan": {"network": "default"}}},
     # started only while d0 runs; removed with it, stopped first (d0 naming itself is a config error)
     {"memory": {"amount": 128, "unit": "MiB"}, "startAfter": ["d0"], "shutdownTimeout": 15},
 )
@@ -42,7 +47,7 @@ AFTER_D0 = len(VARIANTS) - 1
 BUILD_MODES = ("ok", "fail", "late", "hang")
 EVENT_MODES = ("normal", "duplicate", "delay", "reorder")
 FAULT_OPS = ("define_domain", "start", "shutdown", "destroy", "undefine", "set_autostart", "observe_domain",
-             "list_domains", "mark_shutdown")
+             "list_domains", "mark_shutdown", "set_vcpus", "attach_device", "detach_device", "set_live_owner")
 
 
 @dataclass(frozen=True)

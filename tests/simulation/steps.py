@@ -100,6 +100,7 @@ class FaultSteps:
         dom = self.hv._by_name(name)
         if dom is not None:
             dom.obeys_acpi = False
+            dom.releases_devices = False  # nor does it let go of an unplugged device
 
     def _do_drop(self) -> None:
         self.hv.drop_connection()

@@ -8,8 +8,8 @@ import pytest
 
 from tests.simulation.__main__ import shrink
 from tests.simulation.runner import failures, quiet
-from tests.simulation.bites import DEFECTS, schedules_to_find
-from tests.simulation.schedule import generate
+from tests.simulation.bites import DEFECTS, DIRECTED, schedules_to_find
+from tests.simulation.schedule import Step, generate
 from tests.simulation.world import World, run_schedule
 
 
@@ -33,6 +33,20 @@ def test_the_simulator_finds_a_reintroduced_defect(defect):
     # a broken file's domains are also held by their owner element's file: rarer to see
     limit = 4000 if "last good" in defect else 400
     assert schedules_to_find(defect, limit) is not None
+
+
+# a running d1 takes 2 more vCPUs, memory and a NIC; the NIC's plug fails after the vCPUs went in
+LIVE_HALF_DONE = [Step("write", ("a.json", (("d1", 9),)), 6), Step("reload", (False,), 30),
+                  Step("fault", ("attach_device",), 0), Step("write", ("a.json", (("d1", 10),)), 0.5),
+                  Step("reload", (False,), 30), Step("final", ((("d1", 10),),), 0)]
+
+
+def test_a_live_change_failing_half_way_leaves_a_true_record():
+    assert run_schedule(LIVE_HALF_DONE) is None
+    with DIRECTED["a live change's steps are recorded only at the end (a pass failing half-way leaves a "
+                  "false record)"]():
+        found = run_schedule(LIVE_HALF_DONE)
+    assert found is not None and found.startswith("invariant 7: running 'd1': its record says 1 vCPUs, the guest has 3")
 
 
 def test_a_seed_replays_exactly():

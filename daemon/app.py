@@ -315,7 +315,7 @@ class Daemon:
             self._initial = set(self.queue.keys.waiting)  # type: ignore[arg-type]
             if self.settings.watch:
                 watcher = ConfigDirWatcher(self.settings.config_dir, lambda: self.request_reload(explicit=False),
-                                           debounce=self.settings.debounce)
+                                           debounce=self.settings.debounce, also=lambda: self.config.reader.referenced)
                 watcher.start()
             async with asyncio.TaskGroup() as tg:
                 workers = [tg.create_task(self._supervised(f"worker-{i}", self._worker))

@@ -22,6 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import seed_files
 from .core.config import ConfigError, ParsedFile, parse_text
 
 MAX_FILE_BYTES = 8 * 2**20
@@ -64,8 +65,10 @@ class ConfigReader:
         self.only: str | None = path.name if path.is_file() else None
         self.directory = path.parent if self.only else path
         self.trust_checks = trust_checks
-        self._cache: dict[str, tuple[tuple[int, int, int, int], ParsedFile]] = {}
+        # file -> (its stat key, what it parsed to, the cloud-init files it read with theirs)
+        self._cache: dict[str, tuple[tuple[int, int, int, int], ParsedFile, tuple]] = {}
         self.skipped: list[Skipped] = []  # of the last read
+        self.referenced: set[Path] = set()  # the cloud-init files the config files read (watched too)
         # the text of each file that is broken now: it may declare a name (being moved
         # into it from another file, say), so no object of that name is removed meanwhile
         self.broken_texts: dict[str, str] = {}
@@ -91,6 +94,7 @@ class ConfigReader:
                 if parsed is not None:
                     results[name] = parsed
         self._cache = {k: v for k, v in self._cache.items() if k in results}
+        self.referenced = {Path(path) for _, _, deps in self._cache.values() for path, _ in deps}
         self.broken_texts = {k: t for k, t in self.broken_texts.items() if k in results and not results[k].ok}
         return results, None
 
@@ -117,7 +121,7 @@ class ConfigReader:
                 return _refused(name, problem)
         key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         cached = self._cache.get(name)
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == key and seed_files.current_keys(cached[2]):
             return cached[1]
         if st.st_size > MAX_FILE_BYTES:
             return _refused(name, f"the file is {st.st_size / 2**20:.1f} MiB, more than the "
@@ -128,8 +132,9 @@ class ConfigReader:
             return _refused(name, f"not UTF-8 text (byte {exc.start})")
         except OSError as exc:
             return _refused(name, f"cannot read: {exc.strerror}")
-        parsed = parse_text(name, text)
-        self._cache[name] = (key, parsed)
+        parsed, deps = seed_files.resolve(parse_text(name, text), self.directory,
+                                          _trust_problem if self.trust_checks else None)
+        self._cache[name] = (key, parsed, deps)
         if not parsed.ok:
             self.broken_texts[name] = text
         return parsed

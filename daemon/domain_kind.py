@@ -20,12 +20,13 @@ import structlog
 from .adapters.hypervisor_protocol import (AttachDevice, DefineDomain, Destroy, DetachDevice, DomainOp,
                                            HypervisorLike, MarkShutdown, ResizeDisk, SetAutostart, SetLiveOwner,
                                            SetMemory, SetOwner, SetVcpus, Shutdown, Start, Undefine)
+from .adapters import seed_iso
 from .adapters.images import Images
 from .core import identity, live_changes
 from .core.domain_plan import plan_domain
 from .core.domain_xml import RenderedDomain, console_log_path
 from .core.keys import Key, Kind
-from .core.observed import DomainEvent, DomainObservation, ObservedDomain, OverlayState
+from .core.observed import BuildPhase, BuildState, DomainEvent, DomainObservation, ObservedDomain, OverlayState
 from .core.ownership import DEFAULT_INSTANCE, Owner
 from .core.plan import Act, Action, Plan
 from .core.spec import DiskType
@@ -94,9 +95,15 @@ class DomainKind:
         live_devices = None
         if _unplug_pending(observed):
             live_devices = await self.hv.live_devices(name)
-        return DomainObservation(observed, overlays=overlays, missing_paths=missing_paths(desired),
+        seed_missing, stale = False, ()
+        if desired.seed is not None:
+            seed_missing = not os.path.exists(desired.seed.path)
+            stale = tuple(p for p in seed_iso.domain_seeds(self.images_dir, name) if p != desired.seed.path)
+        return DomainObservation(observed, overlays=overlays,
+                                 missing_paths=missing_paths(desired) + refused_bases(desired, self.images_dir),
                                  networks=networks, live_disks=live_disks, waiting_for=waiting,
-                                 wake_after=dependents, live_devices=live_devices, hotplug=self.hv.hotplug)
+                                 wake_after=dependents, live_devices=live_devices, hotplug=self.hv.hotplug,
+                                 seed_missing=seed_missing, stale_seeds=stale)
 
     async def _runs(self, name: str) -> bool:
         """Whether nvirtd's domain `name` is up (what startAfter waits for, and a removal for)."""
@@ -107,19 +114,24 @@ class DomainKind:
     async def _overlays(self, name: str, desired: RenderedDomain) -> tuple[OverlayState, ...]:
         states = []
         for disk_name, disk in desired.spec.disks.items():
-            if disk.type != DiskType.nix:
+            if not disk.overlaid:
                 continue
             overlay = identity.overlay_path(self.images_dir, name, disk_name)
             info = await self.images.inspect(overlay)
             backing = info.backing if info else None
             present = bool(backing) and os.path.exists(backing)  # type: ignore[arg-type]
+            nix = disk.type == DiskType.nix
+            # an image disk's base is there, or missing_paths says it is not: no build
+            build = self.images.build_state(disk.build_source) if nix else BuildState(BuildPhase.built,
+                                                                                        image=disk.path)
+            settings = disk.overlay
             states.append(OverlayState(
                 disk=disk_name, overlay=overlay, exists=info is not None, backing=backing, backing_present=present,
-                build=self.images.build_state(disk.build_source),
-                recreate_on_change=bool(disk.nix and disk.nix.on_image_change == "recreate"),
-                rooted=not present or self.images.is_rooted(backing),  # type: ignore[arg-type]
+                build=build, recreate_on_change=bool(settings and settings.on_image_change == "recreate"),
+                # a base outside the nix store is the administrator's file: no GC root, never collected
+                rooted=not nix or not present or self.images.is_rooted(backing),  # type: ignore[arg-type]
                 actual_size=info.actual_size if info else 0, virtual_size=info.virtual_size if info else 0,
-                wanted_size=disk.nix.size_bytes if disk.nix else None,
+                wanted_size=settings.size_bytes if settings else None, settings="nix" if nix else "image",
             ))
         return tuple(states)
 
@@ -202,7 +214,15 @@ class DomainKind:
         return DefineDomain(desired.xml, owner)
 
     async def _image(self, name: str, action: Action, desired: RenderedDomain | None) -> None:
-        assert desired is not None and action.disk is not None
+        assert desired is not None
+        if action.kind == Act.write_seed:
+            assert desired.seed is not None
+            await seed_iso.write_seed(desired.seed, domain=name)
+            return
+        if action.kind == Act.remove_stale_seeds:
+            seed_iso.remove_stale(self.images_dir, name, desired.seed.path if desired.seed else None, domain=name)
+            return
+        assert action.disk is not None
         disk = desired.spec.disks[action.disk]
         if action.kind == Act.build_image:
             self.images.request_build(disk.build_source, flake=disk.is_flake)
@@ -218,9 +238,10 @@ class DomainKind:
             return
         if action.kind == Act.recreate_overlay:
             self.images.move_aside(overlay, domain=name, disk=action.disk)
-        size = disk.nix.size_bytes if disk.nix else None
+        size = disk.overlay.size_bytes if disk.overlay else None
         assert action.image is not None
-        await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk)
+        await self.images.create_overlay(overlay, action.image, size=size, domain=name, disk=action.disk,
+                                         root=disk.type == DiskType.nix)
 
 
 def _unplug_pending(observed: ObservedDomain | None) -> bool:
@@ -231,12 +252,23 @@ def _unplug_pending(observed: ObservedDomain | None) -> bool:
     return have is not None and any(d.pending_since is not None for d in have.devices.values())
 
 
+def refused_bases(desired: RenderedDomain, images_dir: str) -> tuple[str, ...]:
+    """An image disk's base in nvirtd's images directory would be another VM's overlay (or
+    a seed): writes to that VM would change this one's disk. Refused, like a missing path."""
+    where = f"{desired.source_file}: domains.{desired.name}"
+    folder = os.path.realpath(images_dir)
+    return tuple(f"{where}.disks.{n}.path: {d.path} is in nvirtd's images directory {images_dir}; a base must "
+                 "be an image of its own (copy it elsewhere first)"
+                 for n, d in desired.spec.disks.items()
+                 if d.type == DiskType.image and os.path.dirname(os.path.realpath(str(d.path))) == folder)
+
+
 def missing_paths(desired: RenderedDomain) -> tuple[str, ...]:
     """Each path the config names that is not there, as "file: field: what"."""
     where = f"{desired.source_file}: domains.{desired.name}"
     problems = []
     for disk_name, disk in desired.spec.disks.items():
-        if disk.type in (DiskType.file, DiskType.block, DiskType.dir) and not os.path.exists(disk.path):
+        if disk.type in (DiskType.file, DiskType.block, DiskType.dir, DiskType.image) and not os.path.exists(disk.path):
             problems.append(f"{where}.disks.{disk_name}.path: {disk.path} does not exist")
     for tag, share in desired.spec.shares.items():
         if not os.path.isdir(share.path):

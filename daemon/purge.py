@@ -14,6 +14,7 @@ import asyncio
 import os
 import sys
 
+from .adapters.seed_iso import domain_seeds
 from .cliargs import EXIT_ERROR, EXIT_OK, settings_from
 from .configfiles import ConfigReader, may_declare
 from .declared import read_declared
@@ -64,10 +65,13 @@ def cmd_purge(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     images = Images(state_dir=settings.state_dir)
     overlays = [o for o, e in images.registry().items() if e.get("domain") == args.name]
-    if not overlays:
+    seeds = domain_seeds(settings.images_dir, args.name)  # its cloud-init seeds (they may hold secrets)
+    if not overlays and not seeds:
         print(f"nothing recorded for {args.name} in {settings.state_dir}")
         return EXIT_OK
     print(f"purge {args.name} deletes these files for good:")
+    for path in seeds:
+        print(f"  {path}  (cloud-init seed)")
     for path in overlays:
         size = os.path.getsize(path) if os.path.exists(path) else None
         inside = asyncio.run(images.snapshots_in(path)) if size is not None else []
@@ -85,6 +89,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
     async def delete() -> None:
         bases = images.bases_of(args.name)
         for path in await images.purge(args.name):
+            print(f"deleted {path}")
+        for path in seeds:
+            os.unlink(path)
             print(f"deleted {path}")
         for root in await images.prune_roots(settings.images_dir, bases):  # only those no other overlay uses
             print(f"dropped GC root {root}")

@@ -45,17 +45,41 @@ let
   };
   # end schema
 
+  # schema: Overlay
+  overlayModule = {
+    options = {
+      size = opt (nullOr types.ints.positive) null "Virtual size of the overlay; default: the base image's. Raising it grows the overlay in place; lowering it is refused.";
+      unit = opt (types.enum [ "K" "M" "G" "T" ]) "G" "Unit of size.";
+      onImageChange = opt (types.enum [ "keep" "recreate" ]) "keep" "When path names another base: keep the overlay on the old one, or recreate it.";
+    };
+  };
+  # end schema
+
+  # schema: CloudInit
+  cloudInitModule = {
+    options = {
+      userData = opt (nullOr types.str) null "user-data: a #cloud-config document, or a script.";
+      userDataFile = opt (nullOr (types.either types.path types.str)) null "user-data from a file.";
+      metaData = opt (nullOr types.str) null "meta-data; default: instance-id and local-hostname.";
+      metaDataFile = opt (nullOr (types.either types.path types.str)) null "meta-data from a file.";
+      networkConfig = opt (nullOr types.str) null "network-config (version 1 or 2).";
+      networkConfigFile = opt (nullOr (types.either types.path types.str)) null "network-config from a file.";
+    };
+  };
+  # end schema
+
   # schema: Disk
   diskModule = {
     options = {
-      type = req (types.enum [ "nix" "file" "block" "dir" "volume" ]) "Where the disk comes from.";
+      type = req (types.enum [ "nix" "image" "file" "block" "dir" "volume" ]) "Where the disk comes from.";
       device = opt (types.enum [ "disk" "cdrom" ]) "disk" "How the guest sees it.";
       driver.name = opt (types.enum [ "qemu" "tap" "tap2" "phy" "file" ]) "qemu" "Hypervisor driver.";
       driver.type = opt (nullOr (types.enum [ "aio" "raw" "bochs" "qcow2" "qed" "fat" ])) null "Image format.";
-      path = opt (nullOr (types.either types.path types.str)) null "nix: a NixOS configuration file (or, with nix.attribute, a flake's directory; left out with nix.flake); file/block/dir: a host path; volume: POOL/VOLUME.";
+      path = opt (nullOr (types.either types.path types.str)) null "nix: a NixOS configuration file (or, with nix.attribute, a flake's directory; left out with nix.flake); image: the base image (a cloud image); file/block/dir: a host path; volume: POOL/VOLUME.";
       target = opt (nullOr types.str) null "Guest device name (vda, sdb, ...).";
       readOnly = opt types.bool false "Attach read-only.";
       nix = opt (nullOr (types.submodule nixImageModule)) null "Overlay settings of a nix disk.";
+      image = opt (nullOr (types.submodule overlayModule)) null "Overlay settings of an image disk (its base is path).";
       bootOrder = opt (nullOr types.ints.positive) null "Boot priority, 1 first.";
     };
   };
@@ -148,6 +172,7 @@ let
       numa = opt (types.listOf (types.submodule numaModule)) [ ] "NUMA cells: which vCPUs and how much memory each has.";
       startAfter = opt (types.listOf types.str) [ ] "Domains this one starts after (started only while they run; stopped before them when removed together).";
       backup = opt (nullOr (types.submodule backupModule)) null "Scheduled backups with retention.";
+      cloudInit = opt (nullOr (types.submodule cloudInitModule)) null "A NoCloud seed for a cloud image's cloud-init (a CD-ROM, label cidata).";
     };
   };
   # end schema

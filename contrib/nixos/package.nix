@@ -10,7 +10,7 @@ python3Packages.buildPythonApplication {
     filter = path: _type: !(builtins.elem (baseNameOf path) [ ".venv" "tests" "bench" ".ci" ]);
   };
   build-system = [ python3Packages.setuptools ];
-  dependencies = with python3Packages; [ libvirt pydantic structlog watchdog sdnotify prometheus-client ];
+  dependencies = with python3Packages; [ libvirt pydantic structlog watchdog sdnotify prometheus-client pycdlib ];
   doCheck = false;  # the test suite needs a running libvirtd, QEMU and nix
   meta = {
     description = "Declarative VM manager for libvirt hosts";

@@ -266,22 +266,26 @@ class Images:
             return None
         return await image_info(overlay)
 
-    async def create_overlay(self, overlay: str, image: str, *, size: int | None, domain: str, disk: str) -> ImageInfo:
+    async def create_overlay(self, overlay: str, image: str, *, size: int | None, domain: str, disk: str,
+                             root: bool = True) -> ImageInfo:
+        """A new qcow2 overlay on `image` (a nix store image, GC-rooted first; or, root=False,
+        an image disk's base outside the store)."""
         if os.path.exists(overlay):
             raise PermanentError(f"{overlay} already exists; nvirtd never overwrites an overlay")
         base = await image_info(image)
         if size is not None and size < base.virtual_size:
             raise PermanentError(
-                f"nix.size of disk {disk} is {human_bytes(size)}, smaller than the image's virtual size "
+                f"the size of disk {disk} is {human_bytes(size)}, smaller than the image's virtual size "
                 f"{human_bytes(base.virtual_size)}; give at least that much (or omit size to use the image's)")
         async with image_gc.roots_lock(self.roots_dir.parent):  # no collection between rooting and recording
-            return await self._create_rooted(overlay, image, base, size=size, domain=domain, disk=disk)
+            return await self._create_rooted(overlay, image, base, size=size, domain=domain, disk=disk, root=root)
 
     async def _create_rooted(self, overlay: str, image: str, base: ImageInfo, *, size: int | None, domain: str,
-                             disk: str) -> ImageInfo:
+                             disk: str, root: bool) -> ImageInfo:
         if os.path.exists(overlay):  # a restore, under the same lock, put one there meanwhile
             raise PermanentError(f"{overlay} already exists; nvirtd never overwrites an overlay")
-        await self.ensure_root(image)
+        if root:
+            await self.ensure_root(image)
         Path(overlay).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{overlay}.creating"
         argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.format, "-b", image, tmp]

@@ -164,8 +164,8 @@ def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Ph
                 else:
                     conditions.add(Condition.image_outdated)
                     on = "is a standalone image (restored)" if standalone else f"stays on {ov.backing}"
-                    message = (f"disk {ov.disk}: the configuration now builds {build.image}; the overlay {on} "
-                               f"(set nix.onImageChange to recreate, or purge and recreate it)")
+                    message = (f"disk {ov.disk}: the configuration now {ov.names} {build.image}; the overlay {on} "
+                               f"(set {ov.settings}.onImageChange to recreate, or purge and recreate it)")
             if build.phase == BuildPhase.failed:
                 message = message or (f"disk {ov.disk}: evaluating the image failed (the VM keeps its current "
                                       f"image): {build.error}")
@@ -186,7 +186,8 @@ def _plan_images(p: _Pass) -> tuple[list[Action], set[Condition], str | None, Ph
             else:
                 blocked, message = Phase.error, (
                     f"disk {ov.disk}: the overlay's base image {ov.backing} is gone and the configuration "
-                    f"now builds {build.image}; set nix.onImageChange to recreate (the old overlay is kept aside)")
+                    f"now {ov.names} {build.image}; set {ov.settings}.onImageChange to recreate (the old overlay is kept "
+                    "aside)")
         elif build.phase == BuildPhase.failed:
             blocked, message = Phase.error, f"disk {ov.disk}: image build failed: {build.error}"
         elif blocked is None:
@@ -238,8 +239,12 @@ def _plan_desired(p: _Pass) -> Plan:
         keep = tuple(a for a in actions if a.kind in (Act.build_image, Act.root_image))
         steps, after = _shutdown_steps(p.shutdown, now, spec.shutdown_timeout)
         return Plan(actions=keep + steps, phase=Phase.stopping, requeue_after=after, shutdown=p.shutdown,
-                    message="the image changed and nix.onImageChange is recreate: shutting down")
+                    message="the base image changed and onImageChange is recreate: shutting down")
 
+    if p.obs.seed_missing:  # before the define that names it and the start that reads it
+        actions.append(Action(Act.write_seed))
+    if p.obs.stale_seeds and (not active or (observed is not None and observed.live_spec_hash == desired.spec_hash)):
+        actions.append(Action(Act.remove_stale_seeds))
     if _needs_define(desired, observed):
         actions.append(Action(Act.define))
     elif observed is not None and observed.owner is not None and observed.owner.timeout != spec.shutdown_timeout:

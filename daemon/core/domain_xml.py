@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from . import identity
+from .cloud_seed import Seed, render_seed
 from .live_changes import Device, LiveParts
 from .ownership import DEFAULT_INSTANCE, Owner, digest_of, owned_text
 from .xmlbuild import RenderedXml, serialize, sub
@@ -20,6 +21,7 @@ from .spec import DesiredPower, Disk, DiskDevice, DiskType, Domain, Firmware, Vi
 from .spec_devices import CPU_MODES, Hostdev, HostdevType
 
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "sata", "hd": "ide", "xvd": "xen"}
+SEED_ALIAS = "ua-nvirtd-seed"  # the seed CD-ROM's (spec.py refuses a disk whose alias it would be)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class RenderedDomain(RenderedXml):
     live: LiveParts = field(compare=False, repr=False, default_factory=LiveParts, kw_only=True)
     # the XML of each hot-pluggable device, as attach-device gives it to libvirt
     device_xml: dict[str, str] = field(compare=False, repr=False, default_factory=dict, kw_only=True)
+    seed: Seed | None = field(compare=False, repr=False, default=None, kw_only=True)  # the cloud-init seed
 
     @property
     def autostart(self) -> bool:
@@ -109,6 +112,10 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
         el = _disk(devices, name, disk_name, disk, targets[disk_name], ctx)
         if _hot_pluggable(disk, targets[disk_name]):
             pluggable[f"disk:{disk_name}"] = (el, disk_alias(disk_name))
+    seed = None
+    if spec.cloud_init is not None:
+        seed = render_seed(ctx.images_dir, name, uuid, spec.cloud_init)
+        _seed_cdrom(devices, seed, set(targets.values()))
     for tag, share in spec.shares.items():
         fs = sub(devices, "filesystem", type="mount", accessmode="passthrough")
         sub(fs, "driver", type="virtiofs")
@@ -166,7 +173,20 @@ def render_domain(name: str, spec: Domain, ctx: RenderContext, *, source_file: s
                   restart_hash=restart_hash, live=live.encode())
     return RenderedDomain(name=name, uuid=uuid, spec_hash=digest, source_file=source_file, spec=spec,
                           xml=owned_text(text, owner), owner=owner, macs=macs, restart_hash=restart_hash,
-                          live=live, device_xml=device_xml)
+                          live=live, device_xml=device_xml, seed=seed)
+
+
+def _seed_cdrom(devices: ET.Element, seed: Seed, used: set[str]) -> None:
+    """The seed as a CD-ROM on virtio-scsi: cloud kernels (Debian's) lack AHCI, and IDE is
+    not on q35; every cloud image has virtio-scsi."""
+    sub(devices, "controller", type="scsi", model="virtio-scsi")
+    target = next(f"sd{c}" for c in "abcdefghijklmnopqrstuvwxyz" if f"sd{c}" not in used)
+    el = sub(devices, "disk", type="file", device="cdrom")
+    sub(el, "driver", name="qemu", type="raw")
+    sub(el, "source", file=seed.path)
+    sub(el, "target", dev=target, bus="scsi")
+    sub(el, "readonly")
+    sub(el, "alias", name=SEED_ALIAS)
 
 
 def disk_alias(disk_name: str) -> str:
@@ -247,11 +267,11 @@ def _os(root: ET.Element, spec: Domain) -> None:
 
 def _disk(devices: ET.Element, domain: str, disk_name: str, disk: Disk, target: str,
           ctx: RenderContext) -> ET.Element:
-    source_type = {DiskType.nix: "file", DiskType.file: "file", DiskType.block: "block",
+    source_type = {DiskType.nix: "file", DiskType.image: "file", DiskType.file: "file", DiskType.block: "block",
                    DiskType.dir: "dir", DiskType.volume: "volume"}[disk.type]
     el = sub(devices, "disk", type=source_type, device=disk.device.value)
     sub(el, "driver", name=disk.driver.name.value, type=disk.format.value)
-    if disk.type == DiskType.nix:
+    if disk.overlaid:
         sub(el, "source", file=identity.overlay_path(ctx.images_dir, domain, disk_name))
     elif disk.type == DiskType.file:
         sub(el, "source", file=disk.path)

@@ -94,6 +94,12 @@ class OverlayState:
     actual_size: int = 0  # bytes on disk, and the size the guest sees (for the status)
     virtual_size: int = 0
     wanted_size: int | None = None  # the declared nix.size in bytes; None: whatever it was created with
+    settings: str = "nix"  # where its settings are: "nix" (a nix disk) or "image" (an image disk)
+
+    @property
+    def names(self) -> str:
+        """How the config comes to its base, for messages."""
+        return "builds" if self.settings == "nix" else "names"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,10 @@ class DomainObservation:
     # unplug is pending (None: not looked at); and whether the driver can plug devices at all
     live_devices: frozenset[str] | None = None
     hotplug: bool = True
+    # the cloud-init seed: whether its file is still to be written, and the domain's seeds of
+    # other content (looked at for domains with cloudInit only)
+    seed_missing: bool = False
+    stale_seeds: tuple[str, ...] = ()
 
     @property
     def owner(self) -> Owner | None:

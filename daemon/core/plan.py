@@ -56,6 +56,8 @@ class Act(StrEnum):
     recreate_overlay = "recreate-overlay"
     grow_overlay = "grow-overlay"  # qemu-img resize, while no guest has the overlay open
     grow_disk_live = "grow-disk-live"  # libvirt's blockResize on the running guest
+    write_seed = "write-seed"  # the cloud-init seed ISO (core/cloud_seed.py)
+    remove_stale_seeds = "remove-stale-seeds"  # seeds of other content, once no running guest has them
     define = "define"
     set_owner = "set-owner"  # metadata only: what the owner element records changed, not the XML
     set_autostart = "set-autostart"

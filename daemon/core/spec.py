@@ -19,30 +19,19 @@ from pydantic import Field, model_validator
 
 from .network_spec import ForwardMode, Network
 from .spec_devices import Hostdev, NumaCell, tuning_problems
+from .spec_images import MAX_DISK_BYTES, CloudInit, ImageChangePolicy, Overlay, SizeUnit
 from .spec_resources import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, Cpu, Memory, MemoryUnit
 from .spec_base import (BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, NAMED_INTERVALS, TARGET_PATTERN, AbsPath, IPv4,
                         IPv6, Model, Name, parse_duration)
 
 __all__ = ["ForwardMode", "Network", "IPv4", "IPv6", "Model", "Name", "NAME_PATTERN", "Cpu", "Memory", "MemoryUnit",
-           "MIN_MEMORY_BYTES", "MAX_MEMORY_BYTES"]
-
-
-MAX_DISK_BYTES = 2**51  # qemu-img's qcow2 limit with its default 64 KiB clusters (2 PiB), measured
-
-
-class SizeUnit(StrEnum):
-    K = "K"
-    M = "M"
-    G = "G"
-    T = "T"
-
-    @property
-    def bytes_per_unit(self) -> int:
-        return 1024 ** ("KMGT".index(self.value) + 1)
+           "MIN_MEMORY_BYTES", "MAX_MEMORY_BYTES",
+           "MAX_DISK_BYTES", "ImageChangePolicy", "SizeUnit"]
 
 
 class DiskType(StrEnum):
     nix = "nix"
+    image = "image"  # a qcow2 overlay on a base image outside the nix store (a cloud image)
     file = "file"
     block = "block"
     dir = "dir"
@@ -87,11 +76,6 @@ class Firmware(StrEnum):
     efi = "efi"
 
 
-class ImageChangePolicy(StrEnum):
-    keep = "keep"
-    recreate = "recreate"
-
-
 class Driver(Model):
     name: DriverName = Field(strict=False, default=DriverName.qemu, description="Hypervisor driver of the disk.")
     type: DriverType | None = Field(
@@ -105,7 +89,7 @@ CONFIGURATION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_'-]*$"
 IMAGE_ATTRIBUTE = "config.system.build.images.qemu"
 
 
-class NixImage(Model):
+class NixImage(Overlay):
     flake: str | None = Field(
         None, description="Build a flake's NixOS configuration instead of a file: FLAKEREF#NAME is "
         f"nixosConfigurations.NAME.{IMAGE_ATTRIBUTE} (FLAKEREF#ATTR.PATH: that attribute, any qcow2 image); "
@@ -115,26 +99,9 @@ class NixImage(Model):
         None, description="With `path` a flake's directory: build its nixosConfigurations.ATTRIBUTE "
         "(the same as flake PATH#ATTRIBUTE)."
     )
-    size: int | None = Field(
-        None, ge=1, description="Virtual size of the overlay; default: the base image's size. Raising it grows "
-        "the overlay in place (live while the guest runs); lowering it is refused."
-    )
-    unit: SizeUnit = Field(strict=False, default=SizeUnit.G, description="Unit of `size`.")
-    on_image_change: ImageChangePolicy = Field(
-        ImageChangePolicy.keep, strict=False,
-        description="What to do when the configuration yields a new image: keep the overlay "
-        "on the old base and report image-outdated, or recreate it (old overlay kept aside).",
-    )
-
-    @property
-    def size_bytes(self) -> int | None:
-        return None if self.size is None else self.size * self.unit.bytes_per_unit
 
     @model_validator(mode="after")
-    def _not_too_large(self) -> Self:
-        if self.size_bytes is not None and self.size_bytes > MAX_DISK_BYTES:
-            raise ValueError(f"@size: {self.size} {self.unit.value} is more than a qcow2 overlay can hold "
-                             "(2048 T)")
+    def _flake_ref(self) -> Self:
         if self.flake is not None and self.attribute is not None:
             raise ValueError("@attribute: give either flake (FLAKEREF#NAME) or path with attribute, not both")
         if self.flake is not None and not re.fullmatch(FLAKE_PATTERN, self.flake):
@@ -160,13 +127,16 @@ class Disk(Model):
     driver: Driver = Field(default_factory=Driver, description="libvirt's <driver> of the disk.")
     path: str | None = Field(
         None, description="nix: a NixOS configuration file (or, with nix.attribute, a flake's directory; "
-        "left out with nix.flake); file/block/dir: an absolute host path; volume: POOL/VOLUME."
+        "left out with nix.flake); image: the base image (qcow2 or raw; a cloud image); file/block/dir: an "
+        "absolute host path; volume: POOL/VOLUME."
     )
     target: Annotated[str, Field(pattern=TARGET_PATTERN)] | None = Field(
         None, description="Guest device name (vda, sdb, ...); default: next free vdX (sdX for cdrom)."
     )
     read_only: bool = Field(False, description="Attach read-only (cdroms always are).")
     nix: NixImage | None = Field(None, description="Overlay settings of a nix disk.")
+    image: Overlay | None = Field(None, description="Overlay settings of an image disk (its base is `path`, "
+                                  "opened read-only; never changed, never collected).")
     boot_order: int | None = Field(None, ge=1, le=2**32 - 1, description="Boot priority, 1 first.")
 
     @model_validator(mode="after")
@@ -187,14 +157,30 @@ class Disk(Model):
             return self._nix_disk()
         if self.nix is not None:
             raise ValueError("@nix: 'nix' settings only apply to disks of type nix")
+        if self.type == DiskType.image:
+            return self._nix_disk("an image")
+        if self.image is not None:
+            raise ValueError("@image: 'image' settings only apply to disks of type image")
         return self
 
-    def _nix_disk(self) -> Self:
+    def _nix_disk(self, kind: str = "a nix") -> Self:
         if self.driver.type not in (None, DriverType.qcow2):
-            raise ValueError("@driver.type: a nix disk is a qcow2 overlay: driver.type must be qcow2")
+            raise ValueError(f"@driver.type: {kind} disk is a qcow2 overlay: driver.type must be qcow2")
         if self.device != DiskDevice.disk:
-            raise ValueError("@device: a nix disk must have device 'disk'")
+            raise ValueError(f"@device: {kind} disk must have device 'disk'")
+        if kind == "a nix" and self.image is not None:
+            raise ValueError("@image: 'image' settings only apply to disks of type image (nix disks have 'nix')")
         return self
+
+    @property
+    def overlay(self) -> Overlay | None:
+        """The overlay settings of a nix or image disk."""
+        return self.nix if self.type == DiskType.nix else self.image
+
+    @property
+    def overlaid(self) -> bool:
+        """Whether nvirtd gives the disk a qcow2 overlay of its own (nix and image disks)."""
+        return self.type in (DiskType.nix, DiskType.image)
 
     @property
     def build_source(self) -> str:
@@ -211,7 +197,7 @@ class Disk(Model):
     def format(self) -> DriverType:
         if self.driver.type is not None:
             return self.driver.type
-        if self.type == DiskType.nix:
+        if self.overlaid:
             return DriverType.qcow2
         if self.type == DiskType.dir:
             return DriverType.fat
@@ -302,6 +288,9 @@ class Domain(Model):
     backup: BackupSchedule | None = Field(
         None, description="Scheduled backups with retention (not part of the definition: no redefine, no restart)."
     )
+    cloud_init: CloudInit | None = Field(
+        None, description="A NoCloud seed for a cloud image's cloud-init, attached as a CD-ROM (label cidata). "
+        "A changed seed applies at the next boot (restart-required).")
 
     @model_validator(mode="after")
     def _tuning_fits(self) -> Self:
@@ -313,6 +302,14 @@ class Domain(Model):
                                               "supported: the cells hold all of the memory"))
         if problems:
             raise ValueError("; ".join(f"@{field}: {reason}" for field, reason in problems[:1]))
+        return self
+
+    @model_validator(mode="after")
+    def _seed_has_its_name(self) -> Self:
+        if self.cloud_init is not None:
+            for disk_name in self.disks:
+                if disk_name.replace(".", "-") == "nvirtd-seed":
+                    raise ValueError(f"@disks.{disk_name}: the name is the cloud-init seed's; choose another")
         return self
 
     @model_validator(mode="after")

@@ -72,8 +72,10 @@ class _Handler(FileSystemEventHandler):
 
 
 class ConfigDirWatcher:
-    def __init__(self, directory: str, on_change: Callable[[], None], *, debounce: float = 0.2) -> None:
+    def __init__(self, directory: str, on_change: Callable[[], None], *, debounce: float = 0.2,
+                 also: Callable[[], set[Path]] = set) -> None:
         self.given = Path(directory).absolute()
+        self.also = also  # other files of the directory the config reads (cloud-init files)
         self.directory = self.given.resolve()
         self.links: list[Path] = []
         self.on_change = on_change
@@ -91,7 +93,8 @@ class ConfigDirWatcher:
             return True
         if p == self.directory:  # the directory itself came, went or was replaced
             return event_type in ("created", "deleted", "moved")
-        return p.parent == self.directory and is_config_name(p.name)
+        return p.parent == self.directory and (is_config_name(p.name) or p in self.also()
+                                               or self.given / p.name in self.also())
 
     def start(self) -> None:
         self._rewatch()

@@ -73,7 +73,7 @@ BAD = [
     pytest.param({"domains": {"a" * 64: {"memory": {"amount": 1, "unit": "G"}}}}, "domains." + "a" * 64,
                  "at most 63 characters", id="name-too-long"),
     pytest.param(_dom(disks={"r": {"type": "iso", "path": "/x"}}), "domains.web.disks.r.type",
-                 "'iso' is not one of nix, file, block, dir, volume", id="bad-disk-type"),
+                 "'iso' is not one of nix, image, file, block, dir, volume", id="bad-disk-type"),
     pytest.param(_dom(disks={"r": {"type": "file", "path": "/x", "driver": {"name": "kvm"}}}),
                  "domains.web.disks.r.driver.name", "'kvm' is not one of qemu, tap, tap2, phy, file", id="bad-driver-name"),
     pytest.param(_dom(disks={"r": {"type": "file", "path": "/x", "driver": {"type": "vmdk"}}}),

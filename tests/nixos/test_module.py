@@ -222,7 +222,7 @@ def test_the_package_evaluates_against_stubs(lib, tmp_path):
           buildPythonApplication = args: args;
           setuptools = dep "setuptools";
           libvirt = dep "libvirt-python"; pydantic = dep "pydantic"; structlog = dep "structlog";
-          watchdog = dep "watchdog"; sdnotify = dep "sdnotify"; prometheus-client = dep "prometheus-client";
+          watchdog = dep "watchdog"; sdnotify = dep "sdnotify"; prometheus-client = dep "prometheus-client"; pycdlib = dep "pycdlib";
         }};
         p = import {REPO / 'contrib' / 'nixos' / 'package.nix'} {{ inherit lib python3Packages; }};
       in {{ inherit (p) pname version; deps = map (d: d.pname) p.dependencies; main = p.meta.mainProgram; }}

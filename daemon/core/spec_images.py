@@ -21,7 +21,7 @@ from .spec_base import Model
 MAX_DISK_BYTES = 2**51  # qemu-img's qcow2 limit with its default 64 KiB clusters (2 PiB), measured
 MAX_SEED_PART = 2**20  # user-data, meta-data and network-config: 1 MiB each (cloud-init reads far less)
 # a file given by name: in the config directory, or an absolute path; never "..", never hidden
-SEED_FILE_PATTERN = r"^(/[^\x00]*|[A-Za-z0-9_][A-Za-z0-9._-]*)$"
+_SEED_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 class SizeUnit(StrEnum):
@@ -67,7 +67,7 @@ class Overlay(Model):
 
 
 SeedText = Annotated[str, Field(max_length=MAX_SEED_PART)]
-SeedFile = Annotated[str, Field(pattern=SEED_FILE_PATTERN, max_length=4096)]
+SeedFile = Annotated[str, Field(min_length=1, max_length=4096)]
 SEED_PARTS = (("user_data", "userData", "user-data"), ("meta_data", "metaData", "meta-data"),
               ("network_config", "networkConfig", "network-config"))
 
@@ -92,7 +92,12 @@ class CloudInit(Model):
             if getattr(self, attr) is not None and getattr(self, attr + "_file") is not None:
                 raise ValueError(f"@{alias}File: give {alias} or {alias}File, not both")
             name = getattr(self, attr + "_file")
-            if name is not None and (".." in name.split("/") or re.search(r"/\.", name)):
+            if name is None:
+                continue
+            if not name.startswith("/") and not _SEED_NAME.fullmatch(name):
+                raise ValueError(f"@{alias}File: {name!r} is neither a file of the config directory (a name, "
+                                 "without '/') nor an absolute path")
+            if ".." in name.split("/") or re.search(r"/\.", name) or "\0" in name:
                 raise ValueError(f"@{alias}File: {name!r}: no '..' and no hidden files")
         return self
 

@@ -60,6 +60,20 @@ def _dom(**kw):
 
 
 BAD = [
+    pytest.param(_dom(cpu={"amount": 4, "max": 2}), "domains.web.cpu.max", "2 is below cpu.amount 4", id="cpu-max-below"),
+    pytest.param(_dom(memory={"amount": 4, "max": 2, "unit": "GiB"}), "domains.web.memory.max",
+                 "2 GiB is below memory.amount 4 GiB", id="memory-max-below"),
+    pytest.param(_dom(cloudInit={"userData": "#cloud-config\n", "userDataFile": "u.yaml"}),
+                 "domains.web.cloudInit.userDataFile", "give userData or userDataFile, not both", id="seed-twice"),
+    pytest.param(_dom(cloudInit={"metaDataFile": "/etc/nvirt.d/../shadow"}), "domains.web.cloudInit.metaDataFile",
+                 "no '..' and no hidden files", id="seed-file-dotdot"),
+    pytest.param(_dom(cloudInit={"networkConfigFile": "sub/net.yaml"}), "domains.web.cloudInit.networkConfigFile",
+                 "is neither a file of the config directory (a name, without '/') nor an absolute path",
+                 id="seed-file-subdir"),
+    pytest.param(_dom(disks={"r": {"type": "file", "path": "/x.img", "image": {"size": 2}}}), "domains.web.disks.r.image",
+                 "'image' settings only apply to disks of type image", id="image-settings-elsewhere"),
+    pytest.param(_dom(disks={"r": {"type": "image", "path": "/b.img", "driver": {"type": "raw"}}}),
+                 "domains.web.disks.r.driver.type", "an image disk is a qcow2 overlay", id="image-disk-raw"),
     pytest.param(_dom(memory={"amount": 2, "unit": "GiG"}), "domains.web.memory.unit",
                  "'GiG' is not one of b, bytes, KB, k, KiB, MB, M, MiB, GB, G, GiB, TB, T, TiB", id="bad-memory-unit"),
     pytest.param(_dom(cpu={"amount": "two"}), "domains.web.cpu.amount", "expected an integer", id="cpu-not-int"),

@@ -79,6 +79,10 @@ def test_each_example_written_as_module_options_gives_its_json(lib, example, tmp
     config.mkdir(mode=0o755)
     (config / "nixos.json").write_text(json.dumps(produced))
     (config / "nixos.json").chmod(0o644)
+    for companion in example.parent.iterdir():  # files the example's config names (cloud-init parts)
+        if companion.is_file() and companion.suffix not in (".json", ".nix", ".md"):
+            (config / companion.name).write_text(companion.read_text())
+            (config / companion.name).chmod(0o600)
     check = subprocess.run([sys.executable, "-m", "daemon", "check", str(config)], capture_output=True, text=True,
                            cwd=REPO)
     assert check.returncode == 0, check.stderr

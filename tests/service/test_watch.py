@@ -134,3 +134,18 @@ async def test_editor_leftovers_do_not_trigger_reloads(dirs, settings, start_dae
         (dirs["config"] / junk).write_text("{")
     await asyncio.sleep(0.3)
     assert d.daemon.status.reload["generation"] == generation
+
+
+async def test_a_saved_cloud_init_file_is_picked_up_too(dirs, settings, start_daemon, fresh_libvirt):
+    """The file a domain's cloudInit names is watched with the config: saving it rewrites the seed."""
+    from tests.engine.test_cloud_images import iso_files, seed_of
+    part = dirs["config"] / "web.user-data"
+    part.write_text("#cloud-config\nhostname: one\n")
+    part.chmod(0o644)
+    write_json(dirs["config"] / "a.json", {"domains": {"web": domain(cloudInit={"userDataFile": "web.user-data"})}})
+    d = await start_daemon(replace(settings, watch=True, debounce=0.03))
+    first = seed_of(fresh_libvirt, "web")
+    part.write_text("#cloud-config\nhostname: two\n")
+    await wait_for(lambda: seed_of(fresh_libvirt, "web") != first, 5, "the seed rewritten")
+    assert iso_files(seed_of(fresh_libvirt, "web"))["user-data"].endswith("two\n")
+    assert d.daemon.status.config_errors == []

@@ -21,10 +21,11 @@ import structlog
 from ..core.cloud_seed import VOLUME_LABEL, Seed, is_seed_of
 
 log = structlog.get_logger("nvirtd.seeds")
+in_thread = asyncio.to_thread  # the simulation writes in its own (virtual-time) loop instead
 
 
 async def write_seed(seed: Seed, *, domain: str) -> None:
-    await asyncio.to_thread(_write, seed)
+    await in_thread(_write, seed)
     log.info("seed_written", domain=domain, seed=seed.path, files=[name for name, _ in seed.files])
 
 

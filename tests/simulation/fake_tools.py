@@ -96,6 +96,10 @@ class FakeTools:
         path.write_text(json.dumps({"format": fmt, "virtual-size": size, "backing": backing, "id": image_id}))
         return image_id
 
+    def write_image(self, path: Path, *, size: int) -> None:
+        """A base image of the administrator's, outside the store."""
+        self._write_image(path, size=size, backing=None)
+
     @staticmethod
     def read(path: str) -> dict:
         return json.loads(Path(path).read_text())

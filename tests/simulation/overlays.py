@@ -64,7 +64,8 @@ def declared_specs(domain: str, texts: dict[str, str]) -> list[dict]:
 
 
 def recreates(spec: dict) -> bool:
-    return any((d.get("nix") or {}).get("onImageChange") == "recreate" for d in spec.get("disks", {}).values())
+    return any((d.get("nix") or d.get("image") or {}).get("onImageChange") == "recreate"
+               for d in spec.get("disks", {}).values())
 
 
 def _recreate_asked(overlay: str, texts: dict[str, str]) -> bool:

@@ -36,9 +36,9 @@ def test_the_simulator_finds_a_reintroduced_defect(defect):
 
 
 # a running d1 takes 2 more vCPUs, memory and a NIC; the NIC's plug fails after the vCPUs went in
-LIVE_HALF_DONE = [Step("write", ("a.json", (("d1", 9),)), 6), Step("reload", (False,), 30),
-                  Step("fault", ("attach_device",), 0), Step("write", ("a.json", (("d1", 10),)), 0.5),
-                  Step("reload", (False,), 30), Step("final", ((("d1", 10),),), 0)]
+LIVE_HALF_DONE = [Step("write", ("a.json", (("d1", 10),)), 6), Step("reload", (False,), 30),
+                  Step("fault", ("attach_device",), 0), Step("write", ("a.json", (("d1", 11),)), 0.5),
+                  Step("reload", (False,), 30), Step("final", ((("d1", 11),),), 0)]
 
 
 def test_a_live_change_failing_half_way_leaves_a_true_record():

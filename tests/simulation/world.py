@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import app, declared, status
-from daemon.adapters import images, proc
+from daemon.adapters import images, proc, seed_iso
 from daemon.adapters.fake_hypervisor import FakeHypervisor
 from daemon.adapters.hypervisor_protocol import DefineDomain, Destroy, DomainOp, Shutdown
 from daemon.app import Daemon
@@ -49,6 +49,12 @@ from .vloop import Deadlock, Livelock, VirtualClock, VirtualLoop
 
 class Violation(AssertionError):
     pass
+
+
+async def _at_once(fn: Any, *args: Any) -> Any:
+    """A blocking call made in the loop: a real thread would finish in real time, outside the
+    virtual clock (and after a killed daemon's loop is gone)."""
+    return fn(*args)
 
 
 class SimHypervisor(EventFaults, FakeHypervisor):
@@ -121,6 +127,7 @@ class World(FaultSteps):
         self.store = self.root / "store"
         self.store.mkdir()
         self.tools = FakeTools(self.store, self.root / "state" / "gcroots")
+        self.tools.write_image(self.nix_dir / "base.qcow2", size=2**30)  # an image disk's base (a cloud image)
         self.hv.image_sizes = self.tools.sizes  # a live resize changes the file qemu-img reads
         self.tools.in_use = lambda path: any(path in d.open_disks for d in self.hv.domains.values())
         self.overlays = OverlayWatch(self.root / "images", self.violate)
@@ -138,7 +145,8 @@ class World(FaultSteps):
         self.vclock.install()
         # release_memory (a full gc.collect at READY) costs a real process a few ms once; here,
         # in a process that holds every earlier schedule's garbage, it was a third of the run
-        patches = [(proc, "run", self.tools.run), (app, "release_memory", lambda: None)] + [
+        patches = [(proc, "run", self.tools.run), (app, "release_memory", lambda: None),
+                   (seed_iso, "in_thread", _at_once)] + [
             (module, "atomic_write", self.full_disk_write(module.atomic_write)) for module in (status, declared, images)]
         saved = [(m, n, getattr(m, n)) for m, n, _ in patches]
         store_env = os.environ.get("NIX_STORE_DIR")

@@ -275,8 +275,9 @@ class Images:
         base = await image_info(image)
         if size is not None and size < base.virtual_size:
             raise PermanentError(
-                f"the size of disk {disk} is {human_bytes(size)}, smaller than the image's virtual size "
-                f"{human_bytes(base.virtual_size)}; give at least that much (or omit size to use the image's)")
+                f"{'nix' if root else 'image'}.size of disk {disk} is {human_bytes(size)}, smaller than the image's "
+                f"virtual size {human_bytes(base.virtual_size)}; give at least that much (or omit size to use the "
+                "image's)")
         async with image_gc.roots_lock(self.roots_dir.parent):  # no collection between rooting and recording
             return await self._create_rooted(overlay, image, base, size=size, domain=domain, disk=disk, root=root)
 

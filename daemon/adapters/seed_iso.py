@@ -15,7 +15,6 @@ import io
 import os
 from pathlib import Path
 
-import pycdlib
 import structlog
 
 from ..core.cloud_seed import VOLUME_LABEL, Seed, is_seed_of
@@ -35,6 +34,7 @@ def _write(seed: Seed) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.writing")
+    import pycdlib  # here: 1.5 MiB that a host without cloud-init guests never needs resident
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_LABEL)
     for i, (name, text) in enumerate(seed.files):

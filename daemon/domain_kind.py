@@ -255,12 +255,14 @@ def _unplug_pending(observed: ObservedDomain | None) -> bool:
 def refused_bases(desired: RenderedDomain, images_dir: str) -> tuple[str, ...]:
     """An image disk's base in nvirtd's images directory would be another VM's overlay (or
     a seed): writes to that VM would change this one's disk. Refused, like a missing path."""
+    images = [(n, d) for n, d in desired.spec.disks.items() if d.type == DiskType.image]
+    if not images:  # most domains: no system call at all
+        return ()
     where = f"{desired.source_file}: domains.{desired.name}"
     folder = os.path.realpath(images_dir)
     return tuple(f"{where}.disks.{n}.path: {d.path} is in nvirtd's images directory {images_dir}; a base must "
                  "be an image of its own (copy it elsewhere first)"
-                 for n, d in desired.spec.disks.items()
-                 if d.type == DiskType.image and os.path.dirname(os.path.realpath(str(d.path))) == folder)
+                 for n, d in images if os.path.dirname(os.path.realpath(str(d.path))) == folder)
 
 
 def missing_paths(desired: RenderedDomain) -> tuple[str, ...]:

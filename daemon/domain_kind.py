@@ -91,7 +91,8 @@ class DomainKind:
         after, dependents = self.start_order(name)
         waiting = ()
         if after and (observed is None or not observed.power.active):
-            waiting = tuple([d for d in after if not await self._runs(d)])
+            agent = desired.spec.start_after_agent
+            waiting = tuple([d for d in after if not await self._runs(d, agent=agent)])
         live_devices = None
         if _unplug_pending(observed):
             live_devices = await self.hv.live_devices(name)
@@ -105,11 +106,13 @@ class DomainKind:
                                  wake_after=dependents, live_devices=live_devices, hotplug=self.hv.hotplug,
                                  seed_missing=seed_missing, stale_seeds=stale)
 
-    async def _runs(self, name: str) -> bool:
-        """Whether nvirtd's domain `name` is up (what startAfter waits for, and a removal for)."""
+    async def _runs(self, name: str, *, agent: bool = False) -> bool:
+        """Whether nvirtd's domain `name` is up (what startAfter waits for, and a removal for);
+        with `agent`, also whether its guest agent answers (startAfterAgent)."""
         seen = await self.hv.observe_domain(name)
-        return (seen is not None and seen.owner is not None and seen.owner.owned_by == self.instance
-                and seen.power.active)
+        up = (seen is not None and seen.owner is not None and seen.owner.owned_by == self.instance
+              and seen.power.active)
+        return up and (not agent or await self.hv.agent_answers(name))
 
     async def _overlays(self, name: str, desired: RenderedDomain) -> tuple[OverlayState, ...]:
         states = []

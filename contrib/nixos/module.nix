@@ -171,6 +171,7 @@ let
       hostdevs = opt (types.attrsOf (types.submodule hostdevModule)) { } "Host devices passed through (PCI, USB), by name.";
       numa = opt (types.listOf (types.submodule numaModule)) [ ] "NUMA cells: which vCPUs and how much memory each has.";
       startAfter = opt (types.listOf types.str) [ ] "Domains this one starts after (started only while they run; stopped before them when removed together).";
+      startAfterAgent = opt types.bool false "With startAfter: start only once their QEMU guest agent answers.";
       backup = opt (nullOr (types.submodule backupModule)) null "Scheduled backups with retention.";
       cloudInit = opt (nullOr (types.submodule cloudInitModule)) null "A NoCloud seed for a cloud image's cloud-init (a CD-ROM, label cidata).";
     };

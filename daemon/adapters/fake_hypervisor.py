@@ -46,6 +46,7 @@ class FakeDomain:
     autostart: bool = False
     obeys_acpi: bool = True  # a guest without an OS ignores the power button
     releases_devices: bool = True  # and never lets go of an unplugged device
+    agent: bool = False  # a QEMU guest agent that answers while the guest runs
 
     @property
     def open_disks(self) -> frozenset[str]:
@@ -262,6 +263,11 @@ class FakeHypervisor(FakeNetworkOps):
         self._call("live_disks")
         dom = self._looked_at(name)
         return frozenset() if dom is None else dom.open_disks
+
+    async def agent_answers(self, name: str) -> bool:
+        self._call("agent_answers")
+        dom = self._looked_at(name)
+        return dom is not None and dom.power.active and dom.agent
 
     async def live_devices(self, name: str) -> frozenset[str]:
         self._call("live_devices")

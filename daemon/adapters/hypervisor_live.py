@@ -12,11 +12,13 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import libvirt
+import libvirt_qemu
 
 from ..core.ownership import NAMESPACE, PREFIX, Owner, owner_xml
 from ..errors import HotplugUnsupported
 
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+AGENT_TIMEOUT = 2  # seconds a guest-ping may take
 
 
 def live_idents(root: ET.Element) -> frozenset[str]:
@@ -42,6 +44,17 @@ class LiveReads:
             root = ET.fromstring(dom.XMLDesc(0))
             return frozenset(s.get("file", "") for s in root.findall("./devices/disk/source") if s.get("file"))
         return await self._run(lambda: self._on_observed(name, read) or frozenset())
+
+    async def agent_answers(self, name: str) -> bool:
+        """Whether the running guest's QEMU guest agent answers guest-ping within 2 s. No agent,
+        a driver without one (the test driver), or a guest that stopped: False."""
+        def ping(dom: Any) -> bool:
+            try:
+                libvirt_qemu.qemuAgentCommand(dom, '{"execute": "guest-ping"}', AGENT_TIMEOUT, 0)
+                return True
+            except libvirt.libvirtError:
+                return False
+        return bool(await self._run(lambda: self._on_observed(name, ping)))
 
     async def live_devices(self, name: str) -> frozenset[str]:
         """The NIC MACs and disk aliases the running instance has (a pending unplug is done

@@ -291,7 +291,9 @@ def _plan_running(p: _Pass, actions: list[Action], conditions: set[Condition], m
         if p.obs.waiting_for:  # woken when they start; the look again is a safety net
             return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),
                         requeue_after=ORDER_RECHECK,
-                        message=f"waiting for {', '.join(p.obs.waiting_for)} to run (startAfter)")
+                        message=f"waiting for {', '.join(p.obs.waiting_for)} to run"
+                                + (" and answer its guest agent (startAfterAgent)" if p.desired.spec.start_after_agent
+                                   else " (startAfter)"))
         if now < p.start_not_before:
             conditions.add(Condition.crash_loop)
             return Plan(actions=tuple(actions), phase=Phase.defined, conditions=frozenset(conditions),

@@ -285,6 +285,9 @@ class Domain(Model):
         "boot, and whenever nvirtd starts it); removed together, it is stopped before them. Not part of the "
         "definition (no redefine). A cycle, or a name no file declares, is an error."
     )
+    start_after_agent: bool = Field(
+        False, description="With startAfter: start only once those domains' QEMU guest agent answers (guest-ping), "
+        "not as soon as they run. Not part of the definition.")
     backup: BackupSchedule | None = Field(
         None, description="Scheduled backups with retention (not part of the definition: no redefine, no restart)."
     )
@@ -302,6 +305,12 @@ class Domain(Model):
                                               "supported: the cells hold all of the memory"))
         if problems:
             raise ValueError("; ".join(f"@{field}: {reason}" for field, reason in problems[:1]))
+        return self
+
+    @model_validator(mode="after")
+    def _agent_needs_order(self) -> Self:
+        if self.start_after_agent and not self.start_after:
+            raise ValueError("@startAfterAgent: it waits for the domains of startAfter, which names none")
         return self
 
     @model_validator(mode="after")

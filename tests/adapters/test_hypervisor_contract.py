@@ -114,6 +114,19 @@ async def test_the_running_instance_keeps_the_definition_it_started_with(world):
     assert seen.owner.fingerprint == seen.fingerprint and seen.autostart
 
 
+async def test_a_guest_without_an_agent_does_not_answer_and_a_stopped_one_neither(world):
+    """startAfterAgent's question: the test driver has no guest agent (libvirt refuses the
+    command), nor has the fake's guest unless told; neither answers once stopped."""
+    hv, _, _ = world
+    d = rendered()
+    await hv.apply("c1", [DefineDomain(d.xml, owner_of(d)), Start()])
+    await hv.observe_domain("c1")
+    assert await hv.agent_answers("c1") is False
+    await hv.apply("c1", [Destroy()])
+    await hv.observe_domain("c1")
+    assert await hv.agent_answers("c1") is False
+
+
 async def test_an_edit_behind_our_back_changes_the_fingerprint(world):
     hv, outside, _ = world
     d = rendered()

@@ -112,3 +112,23 @@ async def test_a_domain_never_waits_for_itself(dirs, settings, start_daemon, fre
     (dirs["config"] / "b.json").unlink()
     await d.reload()  # nothing declares web
     await wait_for(lambda: "web" not in {x.name() for x in fresh_libvirt.listAllDomains()}, 10, "web removed")
+
+
+async def test_with_start_after_agent_a_domain_waits_for_the_agent_not_only_the_run(dirs, settings, monkeypatch):
+    """On the fake, whose guest agent comes up when told: web waits while db runs without one."""
+    from daemon.adapters.fake_hypervisor import FakeHypervisor
+    from daemon.core import domain_plan
+    from tests.engine.test_fake_daemon import power, run, settle
+    monkeypatch.setattr(domain_plan, "ORDER_RECHECK", 0.2)  # no event says an agent came up: it looks again
+    hv = FakeHypervisor()
+    write_json(dirs["config"] / "a.json", {"domains": {"db": domain(), "web": domain(startAfter=["db"],
+                                                                                     startAfterAgent=True)}})
+    daemon, task = await run(settings, hv)
+    await settle(daemon)
+    assert power(hv, "db").active and not power(hv, "web").active
+    assert daemon.status.entries[("domain", "web")].message == (
+        "waiting for db to run and answer its guest agent (startAfterAgent)")
+    hv._by_name("db").agent = True
+    await wait_for(lambda: power(hv, "web").active, 3, "web started once db's agent answers")
+    daemon.stop()
+    await task

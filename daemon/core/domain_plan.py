@@ -22,7 +22,7 @@ from .spec_base import human_bytes
 ORDER_RECHECK = 5.0  # a domain waiting on startAfter looks again this often (it is also woken)
 QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
 # what a missing disk file, share or kernel vetoes: never define or start on a path that is not there
-_CREATES = {Act.define, Act.start, Act.create_overlay, Act.recreate_overlay}
+_CREATES = {Act.define, Act.start, Act.create_overlay, Act.recreate_overlay, Act.attach_device}
 
 
 def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now) -> Plan:

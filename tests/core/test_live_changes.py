@@ -98,3 +98,21 @@ def test_an_unplug_is_asked_once_then_confirmed_or_left_for_the_boot():
     assert released.complete and kinds(released) == ["set-live-owner"] and decode(released.actions[0].detail).devices == {}
     given_up = plan(LiveParts(), recorded, present=frozenset({NIC.ident}), now=NOW + 61)
     assert given_up.startswith("NIC lan: the guest did not release it within 60 s")
+
+
+def test_a_data_disk_whose_file_is_not_there_is_not_plugged_in():
+    """The missing-path veto covers a live plug as it covers a define: nothing is asked of libvirt."""
+    from daemon.core.domain_plan import plan_domain
+    from daemon.core.observed import DomainObservation, ObservedDomain, Power
+    from daemon.core.record import Now, Record, Wanted
+    was = rendered()
+    now = rendered(disks={"root": {"type": "file", "path": "/r.qcow2"}, "data": {"type": "file", "path": "/nowhere.img"}})
+    was_with_root = rendered(disks={"root": {"type": "file", "path": "/r.qcow2"}})
+    assert was_with_root.restart_hash == now.restart_hash and was.spec_hash != now.spec_hash
+    observed = ObservedDomain(name="web", uuid=now.uuid, power=Power.running, owner=was_with_root.owner,
+                              live_spec_hash=was_with_root.spec_hash, fingerprint="f", autostart=True,
+                              live_owner=was_with_root.owner)
+    obs = DomainObservation(observed, missing_paths=("a.json: domains.web.disks.data.path: /nowhere.img does not exist",))
+    plan = plan_domain(Wanted("web", now, "a.json"), obs, Record(), Now(100.0, NOW))
+    assert not any(str(a).startswith(("attach-device", "define")) for a in plan.actions), plan.actions
+    assert plan.phase == "error" and "nowhere.img does not exist" in plan.message

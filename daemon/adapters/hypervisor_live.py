@@ -8,7 +8,9 @@ not plugged twice, one that is gone is not unplugged again.
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from typing import Any
 
 import libvirt
@@ -73,13 +75,8 @@ def set_memory(dom: Any, kib: int) -> None:
 def attach(dom: Any, xml: str, ident: str) -> None:
     if ident in read_live_idents(dom):
         return
-    try:
+    with _hotplug("plugged"):
         dom.attachDeviceFlags(xml, LIVE)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-            raise HotplugUnsupported(f"{exc.get_error_message()}: devices are plugged at the next boot",
-                                     delay=1.0) from None
-        raise
 
 
 def detach(dom: Any, ident: str) -> None:
@@ -93,14 +90,21 @@ def detach(dom: Any, ident: str) -> None:
         alias = ident
     if alias is None and el is None:
         return  # gone already
-    try:
+    with _hotplug("unplugged"):
         if alias is not None:
             dom.detachDeviceAlias(alias, LIVE)
         else:
             dom.detachDeviceFlags(ET.tostring(el, encoding="unicode"), LIVE)
+
+
+@contextlib.contextmanager
+def _hotplug(what: str) -> Iterator[None]:
+    """A driver that cannot plug devices says so once (the plan waits for a boot then)."""
+    try:
+        yield
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-            raise HotplugUnsupported(f"{exc.get_error_message()}: devices are unplugged at the next boot",
+            raise HotplugUnsupported(f"{exc.get_error_message()}: devices are {what} at the next boot",
                                      delay=1.0) from None
         raise
 

@@ -126,7 +126,6 @@ class SetLiveOwner:
 
 DomainOp = (DefineDomain | SetOwner | SetAutostart | Start | MarkShutdown | Shutdown | Destroy | Undefine | ResizeDisk
             | SetVcpus | SetMemory | AttachDevice | DetachDevice | SetLiveOwner)
-LIVE_OPS = (SetVcpus, SetMemory, AttachDevice, DetachDevice, SetLiveOwner)
 
 
 @dataclass(slots=True)

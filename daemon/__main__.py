@@ -85,6 +85,22 @@ def _common(p: argparse.ArgumentParser, *, connect: bool = True) -> None:
     p.add_argument("--images-dir", default=None, metavar="DIR",
                    help=f"overlays (default {d.images_dir}, or {d.images_dir}/nvirtd-NAME for other instances)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--host", type=_host, default=None, metavar="NAME",
+                   help="this host's name in a fleet's config (domains' `host`; default: the host name)")
+
+
+def _host(value: str) -> str:
+    from .core.spec import HOST_PATTERN
+    if len(value) > 253 or not re.fullmatch(HOST_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a host name (letters, digits, '-' and '.')")
+    return value
+
+
+def _peer(value: str) -> tuple[str, str]:
+    name, sep, uri = value.partition("=")
+    if not sep or "://" not in uri:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=URI (e.g. h2=qemu+ssh://h2/system)")
+    return _host(name), uri
 
 
 def _state_of(p: argparse.ArgumentParser) -> None:
@@ -123,6 +139,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-watch", action="store_true", help="do not watch the directory (reload on SIGHUP only)")
     run.add_argument("--no-trust-checks", action="store_true",
                      help="accept config files not owned by root (tests, demos; never in production)")
+    run.add_argument("--peer", type=_peer, action="append", default=[], metavar="NAME=URI",
+                     help="another host of the fleet and its libvirt (read only), asked before a domain placed "
+                          "here is first defined (repeat for each host)")
     run.add_argument("--once", action="store_true",
                      help="exit once everything has converged (demo, CI); prints the status table")
 
@@ -143,6 +162,11 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--no-addresses", action="store_true",
                     help="do not ask libvirt for the running guests' IP addresses (DHCP leases, guest agent)")
+    st.add_argument("--hosts", default=None, metavar="H1,H2=URI,...",
+                    help="a fleet's view instead: read each host's libvirt (read only; NAME alone is "
+                         "qemu+ssh://NAME/system) and show where each VM runs and where the config places it")
+    st.add_argument("--config-dir", default=d.config_dir, metavar="DIR", help="with --hosts: the fleet's config")
+    st.add_argument("--no-trust-checks", action="store_true")
 
     rl = sub.add_parser("reload", help="make the running daemon re-read its config and wait for it")
     _state_of(rl)

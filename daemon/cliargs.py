@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import shlex
+import socket
 from pathlib import Path
 
 from .settings import Settings
@@ -53,6 +54,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         metrics=getattr(args, "metrics", d.metrics),
         watch=not getattr(args, "no_watch", False),
         trust_checks=not getattr(args, "no_trust_checks", False),
+        host=getattr(args, "host", None) or socket.gethostname(),
+        peers=tuple(getattr(args, "peer", None) or ()),
     )
 
 

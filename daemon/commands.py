@@ -188,6 +188,9 @@ def _load_status(state_dir: str) -> dict | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.hosts is not None:
+        from .fleet_status import cmd_fleet_status
+        return cmd_fleet_status(args)
     data = _load_status(state_dir_of(args))
     if data is None:
         return EXIT_ERROR

@@ -11,6 +11,7 @@ one without the other.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from .configfiles import ConfigReader, DirectoryProblem, may_declare
+from .core import placement
 from .core.config import merge
 from .core.desired import Rendered, changed_keys, render_all
 from .core.domain_xml import RenderContext
@@ -55,6 +57,7 @@ class ConfigStore:
         # startAfter of every domain declared now, and of those removed since (until a new one has the
         # name): a removal stops dependents first, which only the last config that had them knows
         self._after: dict[str, tuple[str, ...]] = {}
+        self.elsewhere: dict[str, str] = {}  # a fleet's domains placed on other hosts: name -> host
         self._dependents: dict[str, tuple[str, ...]] = {}
 
     async def reload(self, *, explicit: bool) -> Reloaded:
@@ -91,6 +94,11 @@ class ConfigStore:
         previous = self.desired
         assert self.ctx is not None
         rendered = render_all(state, self.ctx, previous)
+        # a fleet's config: the domains placed on other hosts are theirs (checked fleet-wide above)
+        self.elsewhere = placement.placed_elsewhere(rendered.domains, self.settings.host)
+        if self.elsewhere:
+            rendered = dataclasses.replace(rendered, domains={n: d for n, d in rendered.domains.items()
+                                                              if n not in self.elsewhere})
         keys = changed_keys(previous, rendered)
         nix_paths = nix_configs(rendered, None if explicit else keys)
         if explicit:  # `systemctl reload`: evaluate every nix disk again (its inputs may have changed)
@@ -126,6 +134,8 @@ class ConfigStore:
         source = getattr(obj, "source_file", None) or owner_file
         if desired is None:  # no config read yet: hold everything
             return Wanted(key.name, obj, source, held=True, instance=instance)
+        if key.kind == Kind.domain and obj is None and key.name in self.elsewhere:
+            return Wanted(key.name, None, source, instance=instance, elsewhere=self.elsewhere[key.name])
         conflict = (key.kind.value, key.name) in desired.state.conflicts
         held = not conflict and desired.held(key.kind.value, key.name, source)
         if obj is None and owner_file is not None and self._may_declare(key.name) is not None:

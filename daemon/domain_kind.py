@@ -20,7 +20,7 @@ import structlog
 from .adapters.hypervisor_protocol import (AttachDevice, DefineDomain, Destroy, DetachDevice, DomainOp,
                                            HypervisorLike, MarkShutdown, ResizeDisk, SetAutostart, SetLiveOwner,
                                            SetMemory, SetOwner, SetVcpus, Shutdown, Start, Undefine)
-from .adapters import seed_iso
+from .adapters import hypervisor_fleet, seed_iso
 from .adapters.images import Images
 from .core import identity, live_changes
 from .core.domain_plan import plan_domain
@@ -56,8 +56,9 @@ class DomainKind:
     def __init__(self, hv: HypervisorLike, images: Images, expectations: Expectations, *, images_dir: str,
                  state_dir: str, declared_networks: Callable[[], Collection[str]], start_concurrency: int = 0,
                  start_order: Callable[[str], tuple[tuple[str, ...], tuple[str, ...]]] = lambda name: ((), ()),
-                 instance: str = DEFAULT_INSTANCE) -> None:
+                 instance: str = DEFAULT_INSTANCE, peers: tuple[tuple[str, str], ...] = ()) -> None:
         self.hv = hv
+        self.peers = peers  # the fleet's other hosts (name, read-only URI), asked before a first define
         self.instance = instance  # startAfter counts this instance's domains only
         self.start_order = start_order  # configstore.start_order: (starts after, started after it)
         # a boot storm's cap: a batch that starts a guest waits for a slot (the rest of the
@@ -96,6 +97,7 @@ class DomainKind:
         live_devices = None
         if _unplug_pending(observed):
             live_devices = await self.hv.live_devices(name)
+        held = await self._held_elsewhere(name) if observed is None and self.peers else ()
         seed_missing, stale = False, ()
         if desired.seed is not None:
             seed_missing = not os.path.exists(desired.seed.path)
@@ -104,7 +106,19 @@ class DomainKind:
                                  missing_paths=missing_paths(desired) + refused_bases(desired, self.images_dir),
                                  networks=networks, live_disks=live_disks, waiting_for=waiting,
                                  wake_after=dependents, live_devices=live_devices, hotplug=self.hv.hotplug,
-                                 seed_missing=seed_missing, stale_seeds=stale)
+                                 seed_missing=seed_missing, stale_seeds=stale, held_elsewhere=held)
+
+    async def _held_elsewhere(self, name: str) -> tuple[str, ...]:
+        """The fleet's other hosts that hold domain `name` of this instance, or that cannot say
+        they do not (a host that is down may still have it on its disks)."""
+        holders = []
+        for host, uri in self.peers:
+            try:
+                if await hypervisor_fleet.holds(uri, name, self.instance) is not None:
+                    holders.append(f"host {host!r}")
+            except hypervisor_fleet.PeerUnreachable as exc:
+                holders.append(f"host {host!r} (unreachable: {exc})")
+        return tuple(holders)
 
     async def _runs(self, name: str, *, agent: bool = False) -> bool:
         """Whether nvirtd's domain `name` is up (what startAfter waits for, and a removal for);

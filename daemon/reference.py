@@ -46,6 +46,7 @@ LIBVIRT: dict[str, str] = {
     "domains.<name>.disks.<name>.readOnly": "`<readonly/>`",
     "domains.<name>.disks.<name>.bootOrder": "`<boot order=>`",
     "domains.<name>.startAfter": "(nvirtd policy: the order of starts and of removals)",
+    "domains.<name>.host": "(nvirtd policy: which fleet host's daemon manages it)",
     "domains.<name>.startAfterAgent": "(nvirtd policy: `guest-ping` through `virDomainQemuAgentCommand`)",
     "domains.<name>.disks.<name>.nix": "",
     "domains.<name>.disks.<name>.nix.flake": "(what builds the base image: `nix build FLAKEREF#...`)",

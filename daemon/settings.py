@@ -31,3 +31,5 @@ class Settings:
     drain_timeout: float = 3.0  # in-flight reconciles at SIGTERM; the whole stop stays under 5 s
     trust_checks: bool = True
     instance: str = DEFAULT_INSTANCE
+    host: str = ""  # this host's name in a fleet's config (`--host`; cliargs gives the host name)
+    peers: tuple[tuple[str, str], ...] = ()  # the fleet's other hosts: (name, read-only libvirt URI)

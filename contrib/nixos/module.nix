@@ -138,6 +138,7 @@ let
   # schema: Domain
   domainModule = {
     options = {
+      host = opt (nullOr types.str) null "The fleet host it runs on (nvirtd's --host); once one domain names a host, one without is placed nowhere.";
       uuid = opt (nullOr types.str) null "Default: derived from the name, stable.";
       cpu.amount = opt types.ints.positive 1 "Number of virtual CPUs.";
       cpu.max = opt (nullOr (types.ints.between 1 1024)) null "Most vCPUs: cpu.amount can rise to it while the guest runs (no restart).";
@@ -235,6 +236,10 @@ in
       "How long a base image no overlay uses keeps its GC root (12h, 30m, 0, or never); `nix-collect-garbage` then frees it.";
     metrics = opt (nullOr types.str) null
       "Serve Prometheus metrics at GET /metrics on unix:PATH or HOST:PORT (e.g. 127.0.0.1:9477); off when null.";
+    host = opt (nullOr types.str) null
+      "This host's name in a fleet's config (domains' host); null: the host name. The same domains on every host of a fleet (colmena, deploy-rs), each daemon manages those placed on it.";
+    peers = opt (types.attrsOf types.str) { }
+      "The fleet's other hosts and their libvirt URIs (read only, e.g. qemu+ssh://h2/system): asked before a domain placed here is first defined, so a VM whose host changed never runs twice.";
     extraArgs = opt (types.listOf types.str) [ ] "Extra arguments for `nvirtd run`.";
     extraPackages = opt (types.listOf types.package) [ ]
       "More packages on the daemon's PATH: what a --build-command (in extraArgs) runs, or nixos-generators where the nixpkgs on NIX_PATH is older than 25.05.";
@@ -267,7 +272,10 @@ in
         ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nvirtd" "run" "--connect" cfg.uri "--instance" cfg.instance
           "--config-dir" "/etc/nvirt.d" "--state-dir" "/var/lib/nvirtd"
           "--start-concurrency" (toString cfg.startConcurrency) "--image-retention" cfg.imageRetention ]
-          ++ lib.optionals (cfg.metrics != null) [ "--metrics" cfg.metrics ] ++ cfg.extraArgs);
+          ++ lib.optionals (cfg.metrics != null) [ "--metrics" cfg.metrics ]
+          ++ lib.optionals (cfg.host != null) [ "--host" cfg.host ]
+          ++ lib.concatLists (lib.mapAttrsToList (name: uri: [ "--peer" "${name}=${uri}" ]) cfg.peers)
+          ++ cfg.extraArgs);
         NotifyAccess = "main";
         WatchdogSec = "30s";
         Restart = "on-failure";

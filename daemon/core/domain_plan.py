@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from . import backoff, live_changes
+from . import backoff, live_changes, placement
 from .backoff import Backoff
 from .domain_xml import RenderedDomain
 from .live_changes import LivePlan
@@ -19,6 +19,7 @@ from .plan import (MIN_WAIT, MISSING_PATH_RETRY, SHUTDOWN_RESEND_SECONDS, Act, A
 from .record import Now, Record, ShutdownProgress, Wanted
 from .spec_base import human_bytes
 
+PEER_RECHECK = 30.0  # a domain another host of the fleet holds: asked again this often
 ORDER_RECHECK = 5.0  # a domain waiting on startAfter looks again this often (it is also woken)
 QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
 # what a missing disk file, share or kernel vetoes: never define or start on a path that is not there
@@ -234,6 +235,10 @@ def _plan_desired(p: _Pass) -> Plan:
     if blocked is not None:  # a running build requeues its domains when it ends; a failed one is retried
         keep = tuple(a for a in actions if a.kind in (Act.build_image, Act.root_image))
         return Plan(actions=keep, phase=blocked, conditions=frozenset(conditions), message=message)
+
+    if observed is None and p.obs.held_elsewhere:  # never a second VM beside the one that has its disks
+        return Plan(phase=Phase.pending, requeue_after=PEER_RECHECK, message=placement.held_message(
+            p.obs.held_elsewhere))
 
     if needs_stop and active:
         keep = tuple(a for a in actions if a.kind in (Act.build_image, Act.root_image))

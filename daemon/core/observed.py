@@ -136,6 +136,9 @@ class DomainObservation:
     # other content (looked at for domains with cloudInit only)
     seed_missing: bool = False
     stale_seeds: tuple[str, ...] = ()
+    # a fleet's other hosts that hold it (or cannot say they do not), asked before it is first
+    # defined here only
+    held_elsewhere: tuple[str, ...] = ()
 
     @property
     def owner(self) -> Owner | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from . import placement
 from .keys import Key
 from .network_xml import StaticHost
 from .observed import ObservedDomain, ObservedNetwork
@@ -47,6 +48,7 @@ class Condition(StrEnum):
     crash_loop = "crash-loop"
     in_use = "in-use"
     foreign = "foreign"  # another nvirtd instance's: never changed here
+    elsewhere = "elsewhere"  # a fleet's config places it on another host: never changed here
 
 
 class Act(StrEnum):
@@ -130,6 +132,9 @@ def gate(kind: str, wanted: Wanted, observed: ObservedDomain | ObservedNetwork |
         return Plan(phase=Phase.error, conditions=frozenset({Condition.conflict}),
                     message=f"a {kind} named {observed.name!r} is managed by nvirtd instance {other!r} "
                             f"(from its file {observed.owner.file}); left alone")
+    if wanted.elsewhere is not None:  # neither started nor removed here (moving it is the fleet's)
+        return Plan(phase=Phase.removed if observed is None else held_phase,
+                    conditions=frozenset({Condition.elsewhere}), message=placement.describe(wanted.elsewhere))
     if wanted.conflict or wanted.held:
         conds = {Condition.held} | ({Condition.conflict} if wanted.conflict else set())
         return Plan(phase=held_phase, conditions=frozenset(conds),

@@ -33,6 +33,7 @@ class Wanted:
     instance: str = DEFAULT_INSTANCE  # the nvirtd instance planning: it acts on its own objects only
     users: tuple[str, ...] = ()  # a network: the declared domains whose NICs use it
     config_errors: tuple[str, ...] = ()  # errors of its file that name it (shown in its status)
+    elsewhere: str | None = None  # a domain a fleet's config places on another host ("": on none)
 
 
 @dataclass(frozen=True, slots=True)

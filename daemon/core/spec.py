@@ -253,7 +253,14 @@ class Share(Model):
     read_only: bool = Field(False, description="Read-only share (libvirt >= 10.x; older libvirt refuses).")
 
 
+HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+
+
 class Domain(Model):
+    host: Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)] | None = Field(
+        None, description="The fleet host it runs on (`nvirtd run --host`, default: the host name). Every host "
+        "reads the same files and manages the domains placed on it; once one domain names a host, one without "
+        "is placed nowhere. Not part of the definition.")
     uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = Field(
         None, description="Default: derived from the name, stable."
     )

@@ -240,3 +240,16 @@ def test_the_package_evaluates_against_stubs(lib, tmp_path):
     declared = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["dependencies"]}
     assert set(package["deps"]) == declared
     assert package["main"] in project["scripts"]
+
+
+def test_the_fleet_host_and_peers_reach_execstart_and_parse(lib, tmp_path):
+    unit = evaluated(lib, '{ services.nvirtd = { enable = true; host = "h1"; '
+                          'peers = { h2 = "qemu+ssh://h2/system"; h3 = "qemu+ssh://h3/system"; }; }; }',
+                     "unit", tmp=tmp_path)
+    argv = shlex.split(unit["serviceConfig"]["ExecStart"])
+    assert argv[argv.index("--host") + 1] == "h1"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--peer"] == ["h2=qemu+ssh://h2/system",
+                                                                          "h3=qemu+ssh://h3/system"]
+    from daemon.__main__ import parser
+    args = parser().parse_args(argv[1:])  # what the module writes, nvirtd reads
+    assert args.host == "h1" and args.peer == [("h2", "qemu+ssh://h2/system"), ("h3", "qemu+ssh://h3/system")]

@@ -46,7 +46,9 @@ class RenderedDomain(RenderedXml):
 
     @property
     def autostart(self) -> bool:
-        return self.spec.state == DesiredPower.running
+        """libvirt's autostart follows `state`, except for a domain with startAfter: libvirt
+        would start it at boot with the others, in no order; nvirtd starts it once they run."""
+        return self.spec.state == DesiredPower.running and not self.spec.start_after
 
 
 def assign_targets(disks: dict[str, Disk]) -> dict[str, str]:

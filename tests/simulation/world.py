@@ -336,7 +336,7 @@ class World(FaultSteps):
             expected = render_domain(name, Domain.model_validate(spec), ctx, source_file="final.json")
             if self._shrink_refused(name, expected):
                 continue
-            autostart = spec.get("state") != "stopped"
+            autostart = spec.get("state") != "stopped" and not spec.get("startAfter")
             want_power = Power.running if autostart else Power.shutoff
             powers = {want_power}
             if spec.get("startAfter") and not self._runs_ours(spec["startAfter"][0], taken):

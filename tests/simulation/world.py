@@ -336,8 +336,9 @@ class World(FaultSteps):
             expected = render_domain(name, Domain.model_validate(spec), ctx, source_file="final.json")
             if self._shrink_refused(name, expected):
                 continue
-            autostart = spec.get("state") != "stopped" and not spec.get("startAfter")
-            want_power = Power.running if autostart else Power.shutoff
+            running = spec.get("state") != "stopped"
+            want_power = Power.running if running else Power.shutoff
+            autostart = running and not spec.get("startAfter")  # nvirtd, not libvirt, starts those
             powers = {want_power}
             if spec.get("startAfter") and not self._runs_ours(spec["startAfter"][0], taken):
                 # not started while what it starts after does not run; one started before keeps running

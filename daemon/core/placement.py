@@ -26,11 +26,17 @@ def is_fleet(domains: Mapping[str, Any]) -> bool:
     return any(d.spec.host for d in domains.values())
 
 
+def is_me(where: str, host: str) -> bool:
+    """Whether a domain placed on `where` is this host's: its name, or its name's first label
+    (a config says "h1" where the host name is h1.example.com)."""
+    return bool(where) and where in (host, host.split(".", 1)[0])
+
+
 def placed_elsewhere(domains: Mapping[str, Any], host: str) -> dict[str, str]:
     """name -> where it is placed, for each declared domain that is not this host's."""
     if not is_fleet(domains):
         return {}
-    return {name: d.spec.host or UNPLACED for name, d in domains.items() if (d.spec.host or UNPLACED) != host}
+    return {name: d.spec.host or UNPLACED for name, d in domains.items() if not is_me(d.spec.host or UNPLACED, host)}
 
 
 def describe(where: str) -> str:

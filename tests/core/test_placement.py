@@ -26,6 +26,12 @@ def test_in_a_fleets_config_each_host_has_its_own_and_the_unplaced_are_nobodys()
     assert "give it `host`" in placement.describe(placement.UNPLACED)
 
 
+def test_a_short_name_in_the_config_is_the_host_of_that_full_name():
+    domains = declared(a="h1", b="h1.example.com", c="h2")
+    assert placement.placed_elsewhere(domains, "h1.example.com") == {"c": "h2"}
+    assert placement.placed_elsewhere(domains, "h1") == {"b": "h1.example.com", "c": "h2"}
+
+
 def test_a_domain_placed_elsewhere_is_neither_started_nor_removed_here():
     from daemon.core.observed import ObservedDomain, Power
     from daemon.core.ownership import Owner

@@ -119,7 +119,7 @@ class ConfigReader:
             problem = _trust_problem(path, st, "config file")
             if problem:
                 return _refused(name, problem)
-        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        key = seed_files.stat_key(st)
         cached = self._cache.get(name)
         if cached is not None and cached[0] == key and seed_files.current_keys(cached[2]):
             return cached[1]

@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.live_changes import live_idents
 from ..core.observed import DomainEvent, ObservedDomain, Power
 from ..core.ownership import Owner, fingerprint, owner_element, parse_owner
 from ..core.spec import VirtType
@@ -272,7 +273,7 @@ class FakeHypervisor(FakeNetworkOps):
     async def live_devices(self, name: str) -> frozenset[str]:
         self._call("live_devices")
         dom = self._looked_at(name)
-        return live.idents(dom.live if dom is not None else None)
+        return live_idents(dom.live if dom is not None else None)
 
     def _grow_live(self, name: str, path: str, size: int) -> None:
         dom = self._looked_at(name)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from ..core.live_changes import live_idents
+from ..core.spec import MemoryUnit
 from ..errors import HotplugUnsupported, HypervisorError
 
 
@@ -19,6 +21,13 @@ def _running(dom: Any, name: str) -> ET.Element:
     if not dom.power.active or dom.live is None:
         raise HypervisorError("Requested operation is not valid: domain is not running")
     return dom.live
+
+
+def kib_of(memory: ET.Element | None) -> int:
+    """A <memory> or <currentMemory> element's amount in KiB, whatever its unit."""
+    if memory is None or not memory.text:
+        return 0
+    return int(memory.text) * MemoryUnit(memory.get("unit", "KiB")).bytes_per_unit // 1024
 
 
 def set_vcpus(dom: Any, name: str, count: int) -> None:
@@ -34,10 +43,7 @@ def set_vcpus(dom: Any, name: str, count: int) -> None:
 
 def set_memory(dom: Any, name: str, kib: int) -> None:
     live = _running(dom, name)
-    memory = live.find("memory")
-    unit = {"KiB": 1, "k": 1, "MiB": 1024, "M": 1024, "GiB": 2**20, "G": 2**20}.get(
-        memory.get("unit", "KiB") if memory is not None else "KiB", 1)
-    most = int(memory.text) * unit if memory is not None and memory.text else 0
+    most = kib_of(live.find("memory"))
     if kib > most:
         raise HypervisorError("invalid argument: cannot set memory higher than max memory")
     current = live.find("currentMemory")
@@ -46,20 +52,12 @@ def set_memory(dom: Any, name: str, kib: int) -> None:
     current.text, current.attrib = str(kib), {"unit": "KiB"}
 
 
-def idents(live: ET.Element | None) -> frozenset[str]:
-    if live is None:
-        return frozenset()
-    macs = {m.get("address", "").lower() for m in live.findall("./devices/interface/mac")}
-    aliases = {a.get("name", "") for a in live.findall("./devices/disk/alias")}
-    return frozenset((macs | aliases) - {""})
-
-
 def attach(dom: Any, name: str, xml: str, ident: str, *, hotplug: bool) -> None:
     live = _running(dom, name)
     if not hotplug:
         raise HotplugUnsupported("this function is not supported by the connection driver: "
                                  "virDomainAttachDeviceFlags: devices are plugged at the next boot", delay=1.0)
-    if ident in idents(live):
+    if ident in live_idents(live):
         return
     devices = live.find("devices")
     if devices is None:

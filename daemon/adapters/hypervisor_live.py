@@ -16,18 +16,12 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
+from ..core.live_changes import live_idents
 from ..core.ownership import NAMESPACE, PREFIX, Owner, owner_xml
 from ..errors import HotplugUnsupported
 
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 AGENT_TIMEOUT = 2  # seconds a guest-ping may take
-
-
-def live_idents(root: ET.Element) -> frozenset[str]:
-    """How the live XML shows its hot-pluggable devices: NIC MACs and disk aliases."""
-    macs = {m.get("address", "").lower() for m in root.findall("./devices/interface/mac")}
-    aliases = {a.get("name", "") for a in root.findall("./devices/disk/alias")}
-    return frozenset((macs | aliases) - {""})
 
 
 def read_live_idents(dom: Any) -> frozenset[str]:

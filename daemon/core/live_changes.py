@@ -20,6 +20,7 @@ look, confirms it. One still there after UNPLUG_WAIT is left for the next boot.
 from __future__ import annotations
 
 import dataclasses
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from .plan import Act, Action
@@ -76,6 +77,16 @@ def decode(text: str | None) -> LiveParts | None:
     except ValueError:
         return None
     return LiveParts(vcpus, memory, devices)
+
+
+def live_idents(root: ET.Element | None) -> frozenset[str]:
+    """How a running domain's XML shows its hot-pluggable devices: NIC MACs and disk aliases
+    (what `Device.ident` holds; the real and the fake hypervisor both read it so)."""
+    if root is None:
+        return frozenset()
+    macs = {m.get("address", "").lower() for m in root.findall("./devices/interface/mac")}
+    aliases = {a.get("name", "") for a in root.findall("./devices/disk/alias")}
+    return frozenset((macs | aliases) - {""})
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.adapters import fake_hypervisor_live
+from daemon.adapters.fake_hypervisor_live import kib_of
 from daemon.core import live_changes
 from daemon.core.observed import Power
-
-_KIB = {"KiB": 1, "k": 1, "MiB": 1024, "M": 1024, "GiB": 2**20, "G": 2**20}
 
 
 def live_record_lie(dom: Any) -> str | None:
@@ -27,13 +25,11 @@ def live_record_lie(dom: Any) -> str | None:
     vcpus = int(vcpu.get("current") or vcpu.text) if vcpu is not None else 1
     if parts.vcpus is not None and parts.vcpus != vcpus:
         return f"its record says {parts.vcpus} vCPUs, the guest has {vcpus}"
-    memory = dom.live.find("currentMemory")
-    if memory is None:
-        memory = dom.live.find("memory")
-    kib = int(memory.text) * _KIB.get(memory.get("unit", "KiB"), 1) if memory is not None else 0
+    current = dom.live.find("currentMemory")
+    kib = kib_of(current if current is not None else dom.live.find("memory"))
     if parts.memory_kib is not None and parts.memory_kib != kib:
         return f"its record says {parts.memory_kib} KiB, the guest's balloon is at {kib}"
-    present = fake_hypervisor_live.idents(dom.live)
+    present = live_changes.live_idents(dom.live)
     missing = {d.ident for d in parts.devices.values() if d.pending_since is None} - present
     macs = {m.get("address", "").lower() for m in dom.live.findall("./devices/interface/mac")}
     unrecorded = macs - {d.ident for d in parts.devices.values()}

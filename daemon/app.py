@@ -83,7 +83,8 @@ class Daemon:
         kinds = [DomainKind(self.hv, self.images, self.expectations, images_dir=settings.images_dir,
                             state_dir=settings.state_dir, declared_networks=declared_networks,
                             start_concurrency=settings.start_concurrency, start_order=self.config.start_order,
-                            instance=settings.instance, peers=settings.peers),
+                            instance=settings.instance, peers=settings.peers,
+                            placed_elsewhere=self.config.placed_elsewhere, host=settings.host),
                  NetworkKind(self.hv)]
         self.metrics: Any = None
         if settings.metrics:  # prometheus_client is imported only when asked for

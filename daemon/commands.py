@@ -151,7 +151,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             images = Images(state_dir=settings.state_dir)
             kinds = [DomainKind(hv, images, Expectations(), images_dir=settings.images_dir,
                                 state_dir=settings.state_dir, declared_networks=lambda: rendered.networks,
-                                start_order=config.start_order, instance=settings.instance),
+                                start_order=config.start_order, instance=settings.instance,
+                                peers=settings.peers, placed_elsewhere=config.placed_elsewhere,
+                                host=settings.host),
                      NetworkKind(hv)]
             pipeline = Pipeline(kinds, config, status, wake=lambda key: None, connection_lost=lambda why: None)
             keys = [Key(Kind.network, n) for n in sorted(set(rendered.networks) | set(await hv.list_networks()))]

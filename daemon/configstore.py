@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import structlog
@@ -58,6 +59,7 @@ class ConfigStore:
         # name): a removal stops dependents first, which only the last config that had them knows
         self._after: dict[str, tuple[str, ...]] = {}
         self.elsewhere: dict[str, str] = {}  # a fleet's domains placed on other hosts: name -> host
+        self._elsewhere_rendered: dict[str, Any] = {}
         self._dependents: dict[str, tuple[str, ...]] = {}
 
     async def reload(self, *, explicit: bool) -> Reloaded:
@@ -96,6 +98,8 @@ class ConfigStore:
         rendered = render_all(state, self.ctx, previous)
         # a fleet's config: the domains placed on other hosts are theirs (checked fleet-wide above)
         self.elsewhere = placement.placed_elsewhere(rendered.domains, self.settings.host)
+        # kept apart: their rendering is what a domain moving here or away is compared with
+        self._elsewhere_rendered = {n: d for n, d in rendered.domains.items() if n in self.elsewhere}
         if self.elsewhere:
             rendered = dataclasses.replace(rendered, domains={n: d for n, d in rendered.domains.items()
                                                               if n not in self.elsewhere})
@@ -124,7 +128,13 @@ class ConfigStore:
         desired = self.desired
         if desired is None:
             return None
-        return (desired.domains if key.kind == Kind.domain else desired.networks).get(key.name)
+        if key.kind == Kind.domain:
+            return desired.domains.get(key.name) or self._elsewhere_rendered.get(key.name)
+        return desired.networks.get(key.name)
+
+    def placed_elsewhere(self, name: str) -> str | None:
+        """The host a fleet's config places domain `name` on, when it is not this one."""
+        return self.elsewhere.get(name)
 
     def wanted(self, key: Key, obj: object | None, owner_file: str | None) -> Wanted:
         """What the config wants of `key` (obj: declared(key) when it was observed), and
@@ -134,8 +144,9 @@ class ConfigStore:
         source = getattr(obj, "source_file", None) or owner_file
         if desired is None:  # no config read yet: hold everything
             return Wanted(key.name, obj, source, held=True, instance=instance)
-        if key.kind == Kind.domain and obj is None and key.name in self.elsewhere:
-            return Wanted(key.name, None, source, instance=instance, elsewhere=self.elsewhere[key.name])
+        if key.kind == Kind.domain and key.name in self.elsewhere:
+            return Wanted(key.name, obj, source, instance=instance, elsewhere=self.elsewhere[key.name],
+                          host=self.settings.host)
         conflict = (key.kind.value, key.name) in desired.state.conflicts
         held = not conflict and desired.held(key.kind.value, key.name, source)
         if obj is None and owner_file is not None and self._may_declare(key.name) is not None:
@@ -147,8 +158,8 @@ class ConfigStore:
                                  if any(n.network == key.name for n in r.spec.interfaces.values())))
         elif source is not None:
             errors = tuple(str(e) for e in desired.all_errors if e.file == source and e.about("domain", key.name))
-        return Wanted(key.name, obj, source, held=held, conflict=conflict, instance=instance, users=users,
-                      config_errors=errors)
+        return Wanted(key.name, obj, source, held=held, conflict=conflict, instance=instance, host=self.settings.host,
+                      users=users, config_errors=errors)
 
     def start_order(self, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(the domains `name` starts after, the domains that start after it). A held file's last

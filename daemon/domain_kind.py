@@ -20,7 +20,7 @@ import structlog
 from .adapters.hypervisor_protocol import (AttachDevice, DefineDomain, Destroy, DetachDevice, DomainOp,
                                            HypervisorLike, MarkShutdown, ResizeDisk, SetAutostart, SetLiveOwner,
                                            SetMemory, SetOwner, SetVcpus, Shutdown, Start, Undefine)
-from .adapters import hypervisor_fleet, seed_iso
+from .adapters import seed_iso
 from .adapters.images import Images
 from .core import identity, live_changes
 from .core.domain_plan import plan_domain
@@ -30,6 +30,7 @@ from .core.observed import BuildPhase, BuildState, DomainEvent, DomainObservatio
 from .core.ownership import DEFAULT_INSTANCE, Owner
 from .core.plan import Act, Action, Plan
 from .core.spec import DiskType
+from .domain_moves import Moves, with_arrival
 from .runtime import clock
 from .runtime.expectations import Expectations
 
@@ -44,7 +45,7 @@ _SIMPLE_OPS: dict[Act, Callable[[Action], DomainOp]] = {
     Act.set_vcpus: lambda a: SetVcpus(int(a.size or 1)), Act.set_memory: lambda a: SetMemory(int(a.size or 0)),
 }
 LIBVIRT_ACTS = frozenset(_SIMPLE_OPS) | {Act.define, Act.set_owner, Act.mark_shutdown, Act.grow_disk_live,
-                                         Act.attach_device, Act.detach_device, Act.set_live_owner}
+                                         Act.attach_device, Act.detach_device, Act.set_live_owner, Act.adopt}
 # actions after which the disks' report is read again (their files or sizes changed)
 _DISK_CHANGES = {Act.create_overlay, Act.recreate_overlay, Act.grow_overlay, Act.grow_disk_live}
 
@@ -56,9 +57,13 @@ class DomainKind:
     def __init__(self, hv: HypervisorLike, images: Images, expectations: Expectations, *, images_dir: str,
                  state_dir: str, declared_networks: Callable[[], Collection[str]], start_concurrency: int = 0,
                  start_order: Callable[[str], tuple[tuple[str, ...], tuple[str, ...]]] = lambda name: ((), ()),
-                 instance: str = DEFAULT_INSTANCE, peers: tuple[tuple[str, str], ...] = ()) -> None:
+                 instance: str = DEFAULT_INSTANCE, peers: tuple[tuple[str, str], ...] = (),
+                 placed_elsewhere: Callable[[str], str | None] = lambda name: None, host: str = "") -> None:
         self.hv = hv
-        self.peers = peers  # the fleet's other hosts (name, read-only URI), asked before a first define
+        self.host = host  # written in the owner element: whose libvirt its fingerprint is of
+        # the fleet's other hosts (name, URI): what they have of a domain, and its moves
+        self.moves = Moves(hv, images, images_dir=images_dir, instance=instance, peers=peers,
+                           placed_elsewhere=placed_elsewhere)
         self.instance = instance  # startAfter counts this instance's domains only
         self.start_order = start_order  # configstore.start_order: (starts after, started after it)
         # a boot storm's cap: a batch that starts a guest waits for a slot (the rest of the
@@ -79,6 +84,8 @@ class DomainKind:
             if observed is not None and observed.power.active and dependents:
                 running = tuple([d for d in dependents if await self._runs(d)])
             return DomainObservation(observed, dependents_running=running, wake_after=after)
+        if self.moves.placed_elsewhere(name) is not None:  # another host's: only what a move needs
+            return DomainObservation(observed, **await self.moves.observe(name, desired, observed))  # type: ignore[arg-type]
         networks = ()
         if observed is None or not observed.power.active:  # only a start waits for them
             declared = self.declared_networks()
@@ -97,7 +104,7 @@ class DomainKind:
         live_devices = None
         if _unplug_pending(observed):
             live_devices = await self.hv.live_devices(name)
-        held = await self._held_elsewhere(name) if observed is None and self.peers else ()
+        fleet = await self.moves.observe(name, desired, observed)
         seed_missing, stale = False, ()
         if desired.seed is not None:
             seed_missing = not os.path.exists(desired.seed.path)
@@ -106,19 +113,7 @@ class DomainKind:
                                  missing_paths=missing_paths(desired) + refused_bases(desired, self.images_dir),
                                  networks=networks, live_disks=live_disks, waiting_for=waiting,
                                  wake_after=dependents, live_devices=live_devices, hotplug=self.hv.hotplug,
-                                 seed_missing=seed_missing, stale_seeds=stale, held_elsewhere=held)
-
-    async def _held_elsewhere(self, name: str) -> tuple[str, ...]:
-        """The fleet's other hosts that hold domain `name` of this instance, or that cannot say
-        they do not (a host that is down may still have it on its disks)."""
-        holders = []
-        for host, uri in self.peers:
-            try:
-                if await hypervisor_fleet.holds(uri, name, self.instance) is not None:
-                    holders.append(f"host {host!r}")
-            except hypervisor_fleet.PeerUnreachable as exc:
-                holders.append(f"host {host!r} (unreachable: {exc})")
-        return tuple(holders)
+                                 seed_missing=seed_missing, stale_seeds=stale, **fleet)  # type: ignore[arg-type]
 
     async def _runs(self, name: str, *, agent: bool = False) -> bool:
         """Whether nvirtd's domain `name` is up (what startAfter waits for, and a removal for);
@@ -221,17 +216,30 @@ class DomainKind:
             return SetLiveOwner(dataclasses.replace(
                 observed.live_owner, spec_hash=desired.spec_hash if action.value else observed.live_owner.spec_hash,
                 restart_hash=desired.restart_hash, live=action.detail, file=desired.owner.file))
-        owner = desired.owner
-        if action.kind == Act.set_owner:
+        owner = dataclasses.replace(desired.owner, host=self.host or None)
+        if action.kind == Act.adopt:  # a migration's definition: this libvirt's fingerprint of it
             assert observed is not None and observed.owner is not None
-            return SetOwner(dataclasses.replace(observed.owner, instance=owner.instance,
-                                                shutdown_timeout=owner.shutdown_timeout))
+            return SetOwner(dataclasses.replace(observed.owner, fingerprint=observed.fingerprint, host=self.host,
+                                                arrival=None, arriving_from=None))
+        if action.kind == Act.set_owner:  # (with a fleet's arrival marker, or none)
+            assert observed is not None and observed.owner is not None
+            return SetOwner(with_arrival(dataclasses.replace(observed.owner, instance=owner.instance,
+                                                             shutdown_timeout=owner.shutdown_timeout),
+                                         action.detail))
         if desired.spec.console_log:  # virtlogd writes it, into a directory that must exist
             os.makedirs(os.path.dirname(console_log_path(self.state_dir, name)), exist_ok=True)
-        return DefineDomain(desired.xml, owner)
+        return DefineDomain(desired.xml, with_arrival(owner, action.detail))
 
     async def _image(self, name: str, action: Action, desired: RenderedDomain | None) -> None:
         assert desired is not None
+        if action.kind == Act.migrate:
+            assert action.device is not None
+            await self.moves.migrate(name, desired, action.device)
+            return
+        if action.kind == Act.set_aside:
+            assert action.disk is not None
+            self.moves.set_aside(name, action.disk, action.detail or "moved")
+            return
         if action.kind == Act.write_seed:
             assert desired.seed is not None
             await seed_iso.write_seed(desired.seed, domain=name)

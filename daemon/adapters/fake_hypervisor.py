@@ -270,6 +270,12 @@ class FakeHypervisor(FakeNetworkOps):
         dom = self._looked_at(name)
         return dom is not None and dom.power.active and dom.agent
 
+    async def migrate(self, name: str, dest_uri: str, *, overlays: frozenset[str], settings: Any) -> None:
+        """The fake is one host: a migration is refused as libvirt refuses one to an unknown URI
+        (the fleet's moves are tested on two real libvirtds, tests/integration/test_fleet_moves.py)."""
+        self._call("migrate")
+        raise HypervisorError(f"live migration to {dest_uri} failed: the fake hypervisor has no other host")
+
     async def live_devices(self, name: str) -> frozenset[str]:
         self._call("live_devices")
         dom = self._looked_at(name)

@@ -37,6 +37,7 @@ from ..errors import ConnectionLost, HypervisorError
 from .hypervisor_domains import DomainOps
 from .hypervisor_fingerprints import PendingFingerprints
 from .hypervisor_live import LiveReads
+from .hypervisor_migrate import Migrations
 from .hypervisor_networks import NetworkOps
 from .hypervisor_threads import close_quietly, in_own_thread, register_event_loop
 from .hypervisor_protocol import EventSink
@@ -70,7 +71,10 @@ def _no_object(exc: libvirt.libvirtError) -> bool:
     return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK)
 
 
-class Hypervisor(DomainOps, NetworkOps, LiveReads):
+_MIGRATING = (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
+
+
+class Hypervisor(DomainOps, NetworkOps, LiveReads, Migrations):
     def __init__(self, uri: str, *, threads: int = 8, connections: int = 4) -> None:
         self.uri = uri
         self.conn: libvirt.virConnect | None = None  # the one with the event callbacks
@@ -357,6 +361,8 @@ class Hypervisor(DomainOps, NetworkOps, LiveReads):
             power = _POWER.get(state, Power.other)
             if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP:
                 power = Power.starting
+            elif state == libvirt.VIR_DOMAIN_PAUSED and reason in _MIGRATING:
+                power = Power.migrating
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         root = ET.fromstring(xml)
         owner = parse_owner(root)

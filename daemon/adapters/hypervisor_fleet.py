@@ -29,6 +29,9 @@ class HeldDomain:
     name: str
     running: bool
     file: str
+    arrival: str | None = None  # an arrival that host prepares (core/ownership.py)
+    arriving_from: str | None = None
+    backings: tuple[tuple[str, str], ...] = ()  # a running domain's (disk file, its backing file)
 
 
 class PeerUnreachable(Exception):
@@ -36,11 +39,24 @@ class PeerUnreachable(Exception):
 
 
 def _ours(dom: Any, instance: str) -> HeldDomain | None:
-    flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() == 1 else 0
-    owner = parse_owner(ET.fromstring(dom.XMLDesc(flags)))
+    # the live XML of a running domain, the definition of one that is not
+    root = ET.fromstring(dom.XMLDesc(0))
+    owner = parse_owner(root)
     if owner is None or owner.owned_by != instance:
         return None
-    return HeldDomain(dom.name(), dom.isActive() == 1, owner.file)
+    running = dom.isActive() == 1
+    return HeldDomain(dom.name(), running, owner.file, owner.arrival, owner.arriving_from,
+                      _backings(root) if running else ())
+
+
+def _backings(root: ET.Element) -> tuple[tuple[str, str], ...]:
+    """What each disk file of a running domain is an overlay of (libvirt shows the chain)."""
+    pairs = []
+    for disk in root.findall("./devices/disk"):
+        top, base = disk.find("source"), disk.find("backingStore/source")
+        if top is not None and base is not None and top.get("file") and base.get("file"):
+            pairs.append((top.get("file", ""), base.get("file", "")))
+    return tuple(pairs)
 
 
 async def _read(uri: str, question: Any) -> Any:

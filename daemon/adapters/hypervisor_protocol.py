@@ -128,6 +128,16 @@ DomainOp = (DefineDomain | SetOwner | SetAutostart | Start | MarkShutdown | Shut
             | SetVcpus | SetMemory | AttachDevice | DetachDevice | SetLiveOwner)
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationSettings:
+    """How a live migration goes (a domain's `migration`, core/spec_fleet.py)."""
+
+    timeout: float = 300.0
+    postcopy: bool = False  # past the timeout, switch to post-copy instead of aborting
+    auto_converge: bool = True  # throttle the guest's vCPUs if its memory changes faster than it is sent
+    tls: bool = False  # QEMU's migration stream over TLS (libvirt's migrate_tls_* settings)
+
+
 @dataclass(slots=True)
 class EventSink:
     """Where a hypervisor delivers what libvirt tells: on the asyncio loop, except `drop`,
@@ -165,6 +175,8 @@ class HypervisorLike(Protocol):
     async def live_disks(self, name: str) -> frozenset[str]: ...
     async def live_devices(self, name: str) -> frozenset[str]: ...
     async def agent_answers(self, name: str) -> bool: ...
+    async def migrate(self, name: str, dest_uri: str, *, overlays: frozenset[str],
+                      settings: MigrationSettings) -> None: ...
     async def define_network(self, xml: str) -> str: ...
     async def set_network_autostart(self, name: str, on: bool) -> None: ...
     async def start_network(self, name: str, xml: str | None = None) -> None: ...

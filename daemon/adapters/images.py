@@ -322,15 +322,15 @@ class Images:
                  new_size=size)
         return await image_info(overlay)
 
-    def move_aside(self, overlay: str, *, domain: str, disk: str) -> str:
+    def move_aside(self, overlay: str, *, domain: str, disk: str, reason: str = "replaced") -> str:
         """Rename an overlay to a dated name; it is kept (with its base rooted) until purged.
         Never onto an existing name: two recreates within one second keep both overlays."""
-        kept = self._aside_name(overlay, "replaced")
+        kept = self._aside_name(overlay, reason)
         os.link(overlay, kept)  # fails rather than replaces, should the name be taken meanwhile
         entry = self.registry().get(overlay, {})
         self._record(kept, backing=entry.get("backing", ""), domain=domain, disk=disk)
         os.unlink(overlay)
-        log.warning("overlay_moved_aside", domain=domain, disk=disk, overlay=overlay, kept_as=kept)
+        log.warning("overlay_moved_aside", domain=domain, disk=disk, overlay=overlay, kept_as=kept, reason=reason)
         return kept
 
     async def swap_in(self, overlay: str, new_file: str, *, backing: str | None, domain: str, disk: str,

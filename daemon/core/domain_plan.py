@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from . import backoff, live_changes, placement
+from . import backoff, fleet_moves, live_changes, placement
 from .backoff import Backoff
 from .domain_xml import RenderedDomain
 from .live_changes import LivePlan
@@ -19,6 +19,7 @@ from .plan import (MIN_WAIT, MISSING_PATH_RETRY, SHUTDOWN_RESEND_SECONDS, Act, A
 from .record import Now, Record, ShutdownProgress, Wanted
 from .spec_base import human_bytes
 
+MIGRATING_RECHECK = 2.0  # a domain libvirt pauses for a migration is looked at again this often
 PEER_RECHECK = 30.0  # a domain another host of the fleet holds: asked again this often
 ORDER_RECHECK = 5.0  # a domain waiting on startAfter looks again this often (it is also woken)
 QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
@@ -31,10 +32,16 @@ def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now
     ruled = gate("domain", wanted, observed, held_phase=_phase_of(observed))
     if ruled is not None:
         return ruled
+    if observed is not None and observed.power == Power.migrating:  # libvirt's, on both hosts, until it ends
+        return Plan(phase=Phase.pending, conditions=frozenset({Condition.moving}), requeue_after=MIGRATING_RECHECK,
+                    message="a live migration is under way")
+    if wanted.elsewhere is not None:  # neither started nor removed here; moved there if it runs here
+        return fleet_moves.plan_elsewhere(wanted, obs, _phase_of(observed))
     shutdown = shutdown_in_effect(observed, record, now)
     if wanted.obj is None:
         return _plan_removal(observed, obs, shutdown, now)
-    plan = _plan_desired(_Pass(wanted.obj, obs, shutdown, now, start_not_before(record), wanted.instance))
+    plan = _plan_desired(_Pass(wanted.obj, obs, shutdown, now, start_not_before(record), wanted.instance,
+                                      wanted.host))
     retry = _build_retry(obs, now.mono)
     if retry is not None and (plan.requeue_after is None or retry < plan.requeue_after):
         plan = dataclasses.replace(plan, requeue_after=retry)
@@ -75,6 +82,7 @@ class _Pass:
     now: Now
     start_not_before: float
     instance: str
+    host: str = ""  # this host's name in a fleet
 
     @property
     def observed(self) -> ObservedDomain | None:
@@ -230,6 +238,11 @@ def _needs_define(desired: RenderedDomain, observed: ObservedDomain | None) -> b
 def _plan_desired(p: _Pass) -> Plan:
     desired, observed, now = p.desired, p.observed, p.now.mono
     spec = desired.spec
+    if p.obs.peers or fleet_moves.is_arrival(observed):  # another host may run it: received from there
+        arrival = fleet_moves.plan_arrival(p.obs, Action(Act.write_seed) if p.obs.seed_missing else None,
+                                           _needs_define(desired, observed))
+        if arrival is not None:
+            return arrival
     actions, conditions, message, blocked, needs_stop = _plan_images(p)
     active = observed is not None and observed.power.active
     if blocked is not None:  # a running build requeues its domains when it ends; a failed one is retried
@@ -250,10 +263,13 @@ def _plan_desired(p: _Pass) -> Plan:
         actions.append(Action(Act.write_seed))
     if p.obs.stale_seeds and (not active or (observed is not None and observed.live_spec_hash == desired.spec_hash)):
         actions.append(Action(Act.remove_stale_seeds))
-    if _needs_define(desired, observed):
+    if fleet_moves.arrived(desired, observed, p.host):
+        actions.append(Action(Act.adopt))
+    elif _needs_define(desired, observed):
         actions.append(Action(Act.define))
-    elif observed is not None and observed.owner is not None and observed.owner.timeout != spec.shutdown_timeout:
-        actions.append(Action(Act.set_owner))
+    elif observed is not None and observed.owner is not None and (
+            observed.owner.timeout != spec.shutdown_timeout or observed.owner.arrival is not None):
+        actions.append(Action(Act.set_owner))  # (an arrival's marker, once no other host has it, goes)
     # libvirt keeps autostart across a redefine; a new (or transient) domain has none
     current_autostart = observed.autostart if observed is not None and observed.persistent else False
     if current_autostart != desired.autostart:

@@ -16,6 +16,7 @@ from .ownership import Owner
 class Power(StrEnum):
     running = "running"
     starting = "starting"  # paused by libvirt itself while it brings the guest up
+    migrating = "migrating"  # paused by libvirt for a live migration's last step, or arriving by one
     paused = "paused"
     shutting_down = "shutting-down"
     shutoff = "shutoff"
@@ -103,6 +104,20 @@ class OverlayState:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerHold:
+    """What one other host of a fleet has of a domain (read only, adapters/hypervisor_fleet.py)."""
+
+    host: str
+    reachable: bool = True
+    problem: str = ""  # why it could not be asked
+    held: bool = False  # it has the domain (of this instance), running or not
+    running: bool = False
+    arrival: str | None = None  # its definition is an arrival it prepares: "preparing" | "ready"
+    arriving_from: str | None = None  # ... for a move from this host
+    backings: tuple[tuple[str, str], ...] = ()  # a running domain's (overlay, base) pairs, from its live XML
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkLink:
     """A declared network a domain's NIC needs, as libvirt has it now."""
 
@@ -136,9 +151,28 @@ class DomainObservation:
     # other content (looked at for domains with cloudInit only)
     seed_missing: bool = False
     stale_seeds: tuple[str, ...] = ()
-    # a fleet's other hosts that hold it (or cannot say they do not), asked before it is first
-    # defined here only
-    held_elsewhere: tuple[str, ...] = ()
+    # what the fleet's other hosts have of it, asked only when it matters (core/fleet_moves.py):
+    # before it is first defined here, while it arrives or leaves
+    peers: tuple[PeerHold, ...] = ()
+    # its disks whose overlay is here although another host runs it (a copy left by a move)
+    stale_overlays: tuple[str, ...] = ()
+    bases_here: frozenset[str] = frozenset()  # of the bases the host that runs it has, those this one has too
+
+    @property
+    def held_elsewhere(self) -> tuple[str, ...]:
+        """The other hosts that hold it, or cannot say they do not (a host that is down may
+        still have it on its disks)."""
+        return tuple(f"host {p.host!r}" + (f" (unreachable: {p.problem})" if not p.reachable else "")
+                     for p in self.peers if p.held or not p.reachable)
+
+    def runs_on(self) -> PeerHold | None:
+        """The one other host that runs it, when every other one is known not to hold it."""
+        running = [p for p in self.peers if p.running]
+        others = [p for p in self.peers if not p.running and (p.held or not p.reachable)]
+        return running[0] if len(running) == 1 and not others else None
+
+    def peer(self, host: str) -> PeerHold | None:
+        return next((p for p in self.peers if p.host == host), None)
 
     @property
     def owner(self) -> Owner | None:

@@ -28,6 +28,12 @@ in nvirtd's own XML namespace:
   virNetworkUpdate). For a domain: vCPUs within cpu.max, memory within memory.max, NICs
   and virtio data disks; `live` lists those parts (core/live_changes.py), and in the
   running instance's metadata says what the guest has now.
+- `arrival` and `arriving-from`: a fleet's domain whose host changed, defined (never
+  started) on its new host before the live migration: "preparing" while its disks are made
+  there, "ready" once the old host may migrate it (core/fleet_moves.py). The migration
+  brings the old host's definition, which has neither.
+- `host`: the host whose libvirt wrote the definition the fingerprint is of. A definition a
+  migration brought is another libvirt's: its new host records its own fingerprint of it.
 An object without the element is not nvirtd's and is never touched.
 """
 
@@ -61,6 +67,9 @@ class Owner:
     shutdown_timeout: int | None = None  # None: the default
     shutdown_started: float | None = None  # live metadata only
     live: str | None = None  # a domain's live parts (core/live_changes.LiveParts, encoded)
+    arrival: str | None = None  # a fleet's arriving domain: "preparing" | "ready" (core/fleet_moves.py)
+    arriving_from: str | None = None  # the host it moves from
+    host: str | None = None  # the host whose libvirt the fingerprint is of (a fleet's moves)
 
     @property
     def owned_by(self) -> str:
@@ -87,6 +96,11 @@ def owner_element(owner: Owner) -> ET.Element:
         el.set("shutdown-started", f"{owner.shutdown_started:.3f}")
     if owner.live is not None:
         el.set("live", owner.live)
+    if owner.host:
+        el.set("host", owner.host)
+    if owner.arrival is not None:
+        el.set("arrival", owner.arrival)
+        el.set("arriving-from", owner.arriving_from or "")
     return el
 
 
@@ -110,7 +124,8 @@ def _owner_of(el: ET.Element) -> Owner:
     return Owner(file=el.get("file", ""), spec_hash=el.get("spec-hash", ""), fingerprint=el.get("fingerprint"),
                  restart_hash=el.get("restart-hash"), instance=el.get("instance") or None,
                  shutdown_timeout=_number(el.get("shutdown-timeout"), int),
-                 shutdown_started=_number(el.get("shutdown-started"), float), live=el.get("live"))
+                 shutdown_started=_number(el.get("shutdown-started"), float), live=el.get("live"),
+                 arrival=el.get("arrival"), arriving_from=el.get("arriving-from"), host=el.get("host") or None)
 
 
 def _number(text: str | None, kind: type) -> Any:

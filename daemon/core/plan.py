@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from . import placement
 from .keys import Key
 from .network_xml import StaticHost
 from .observed import ObservedDomain, ObservedNetwork
@@ -49,6 +48,7 @@ class Condition(StrEnum):
     in_use = "in-use"
     foreign = "foreign"  # another nvirtd instance's: never changed here
     elsewhere = "elsewhere"  # a fleet's config places it on another host: never changed here
+    moving = "moving"  # between two hosts of a fleet: prepared on one, migrated from the other
 
 
 class Act(StrEnum):
@@ -74,6 +74,10 @@ class Act(StrEnum):
     attach_device = "attach-device"
     detach_device = "detach-device"  # asks the guest to release it: confirmed later
     set_live_owner = "set-live-owner"  # the running instance's owner element: what it has now
+    # a fleet's moves (core/fleet_moves.py)
+    migrate = "migrate"  # live, to the host in `device`
+    set_aside = "set-aside"  # an overlay another host's VM has moved on from: renamed, kept
+    adopt = "adopt"  # a definition a migration brought: this host's fingerprint of it recorded (metadata)
     reattach_nics = "reattach-nics"
     update_hosts = "update-hosts"
 
@@ -86,7 +90,9 @@ class Action:
     value: bool | None = None  # set-autostart
     size: int | None = None  # grow actions: the new virtual size in bytes; set-vcpus: count; set-memory: KiB
     device: str | None = None  # attach/detach-device: "nic:NAME" or "disk:NAME"
-    detail: str | None = None  # set-live-owner: the live parts it records (LiveParts.encode)
+    # set-live-owner: the live parts it records (LiveParts.encode); define and set-owner: a fleet's
+    # arrival ("ready:h1", core/fleet_moves.py); set-aside: why
+    detail: str | None = None
     updates: tuple[tuple[str, StaticHost], ...] = ()  # update-hosts: ("delete" | "add", host), in order
 
     def __str__(self) -> str:
@@ -132,9 +138,6 @@ def gate(kind: str, wanted: Wanted, observed: ObservedDomain | ObservedNetwork |
         return Plan(phase=Phase.error, conditions=frozenset({Condition.conflict}),
                     message=f"a {kind} named {observed.name!r} is managed by nvirtd instance {other!r} "
                             f"(from its file {observed.owner.file}); left alone")
-    if wanted.elsewhere is not None:  # neither started nor removed here (moving it is the fleet's)
-        return Plan(phase=Phase.removed if observed is None else held_phase,
-                    conditions=frozenset({Condition.elsewhere}), message=placement.describe(wanted.elsewhere))
     if wanted.conflict or wanted.held:
         conds = {Condition.held} | ({Condition.conflict} if wanted.conflict else set())
         return Plan(phase=held_phase, conditions=frozenset(conds),

@@ -34,6 +34,7 @@ class Wanted:
     users: tuple[str, ...] = ()  # a network: the declared domains whose NICs use it
     config_errors: tuple[str, ...] = ()  # errors of its file that name it (shown in its status)
     elsewhere: str | None = None  # a domain a fleet's config places on another host ("": on none)
+    host: str = ""  # this host's name in the fleet (`nvirtd run --host`)
 
 
 @dataclass(frozen=True, slots=True)

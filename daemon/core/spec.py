@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from .network_spec import ForwardMode, Network
 from .spec_devices import Hostdev, NumaCell, tuning_problems
+from .spec_fleet import Migration
 from .spec_images import MAX_DISK_BYTES, CloudInit, ImageChangePolicy, Overlay, SizeUnit
 from .spec_resources import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, Cpu, Memory, MemoryUnit
 from .spec_base import (BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, NAMED_INTERVALS, TARGET_PATTERN, AbsPath, IPv4,
@@ -261,6 +262,9 @@ class Domain(Model):
         None, description="The fleet host it runs on (`nvirtd run --host`, default: the host name). Every host "
         "reads the same files and manages the domains placed on it; once one domain names a host, one without "
         "is placed nowhere. Not part of the definition.")
+    migration: Migration = Field(
+        default_factory=Migration, description="How it moves when its `host` changes while it runs: a live "
+        "migration with its overlays. Not part of the definition.")
     uuid: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")] | None = Field(
         None, description="Default: derived from the name, stable."
     )

@@ -19,7 +19,8 @@ STDLIB_OK = {"__future__", "dataclasses", "enum", "hashlib", "ipaddress", "json"
 ALLOWED = {
     # the pipeline is the same for every kind: it knows no adapter, only the kinds it is given
     "pipeline": {"core", "errors", "runtime", "status", "configstore"},
-    "domain_kind": {"core", "adapters", "runtime", "errors"},
+    "domain_kind": {"core", "adapters", "runtime", "errors", "domain_moves"},
+    "domain_moves": {"core", "adapters", "errors"},  # the fleet's side of the domain kind
     "network_kind": {"core", "adapters", "runtime", "errors"},
     "configstore": {"core", "configfiles", "declared", "runtime", "settings", "status"},
     "status": {"core", "runtime"},

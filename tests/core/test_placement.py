@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from daemon.core import placement
 from daemon.core.config import parse_text
-from daemon.core.plan import Condition, Phase, gate
+from daemon.core.plan import Condition, Phase
 from daemon.core.record import Wanted
 
 
@@ -33,13 +33,15 @@ def test_a_short_name_in_the_config_is_the_host_of_that_full_name():
 
 
 def test_a_domain_placed_elsewhere_is_neither_started_nor_removed_here():
-    from daemon.core.observed import ObservedDomain, Power
-    from daemon.core.ownership import Owner
-    ours = ObservedDomain(name="a", uuid="u", power=Power.running, owner=Owner(file="f.json", spec_hash="s"),
-                          live_spec_hash="s", fingerprint="f", autostart=True)
-    kept = gate("domain", Wanted("a", None, "f.json", elsewhere="h2"), ours, held_phase=Phase.running)
-    assert kept.actions == () and kept.phase == Phase.running and Condition.elsewhere in kept.conditions
-    absent = gate("domain", Wanted("a", None, "f.json", elsewhere="h2"), None, held_phase=Phase.pending)
+    from daemon.core.domain_plan import plan_domain
+    from daemon.core.observed import DomainObservation, Power
+    from daemon.core.record import Now, Record
+    from tests.core.test_plan import D, observed
+    wanted = Wanted("vm", D, "vm.json", elsewhere="h2", host="h1")
+    for power, phase in ((Power.running, Phase.running), (Power.shutoff, Phase.stopped)):
+        kept = plan_domain(wanted, DomainObservation(observed(power=power)), Record(), Now(0, 0))
+        assert kept.actions == () and kept.phase == phase and Condition.elsewhere in kept.conditions
+    absent = plan_domain(wanted, DomainObservation(None), Record(), Now(0, 0))
     assert absent.actions == () and absent.phase == Phase.removed
 
 

@@ -84,10 +84,19 @@ def test_an_unreachable_host_may_hold_it_so_nothing_is_started():
     assert kinds(plan) == [] and "unreachable: timed out" in plan.message
 
 
-def test_once_it_has_arrived_h2_adopts_it_without_a_redefine():
-    here = observed(D, power=Power.running, autostart=False)  # h1's definition, brought by the migration
-    plan = on("h2", DomainObservation(here, overlays=(overlay(True),), peers=()))
-    assert kinds(plan) == [Act.set_autostart]
+def test_once_it_has_arrived_h2_adopts_h1s_definition_without_a_redefine():
+    # h1's definition, brought by the migration: this libvirt formats it with other defaults
+    written_on_h1 = observed(D, power=Power.running, autostart=False, actual_fp="h2's")
+    written_on_h1 = dataclasses.replace(written_on_h1, owner=dataclasses.replace(written_on_h1.owner, host="h1"))
+    plan = on("h2", DomainObservation(written_on_h1, overlays=(overlay(True),)))
+    assert kinds(plan) == [Act.adopt, Act.set_autostart]
+
+
+def test_a_definition_edited_on_this_host_is_still_repaired():
+    for host in ("h2", None):  # written by this host's libvirt, or before hosts were recorded
+        edited = observed(D, power=Power.running, actual_fp="edited")
+        edited = dataclasses.replace(edited, owner=dataclasses.replace(edited.owner, host=host))
+        assert kinds(on("h2", DomainObservation(edited, overlays=(overlay(True),)))) == [Act.define]
 
 
 def test_an_arrivals_marker_goes_once_no_other_host_has_it():

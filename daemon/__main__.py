@@ -1,4 +1,4 @@
-"""nvirtd's command line: run | check | plan | status | reload | schema | reference |
+"""nvirtd's command line: run | check | plan | status | reload | drain | schema | reference |
 snapshot | backup | restore | gc | purge.
 
 Every subcommand behaves like a Unix tool: errors are one line on stderr with a
@@ -140,8 +140,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-trust-checks", action="store_true",
                      help="accept config files not owned by root (tests, demos; never in production)")
     run.add_argument("--peer", type=_peer, action="append", default=[], metavar="NAME=URI",
-                     help="another host of the fleet and its libvirt (read only), asked before a domain placed "
-                          "here is first defined (repeat for each host)")
+                     help="another host of the fleet and its libvirt: asked (read only) before a domain placed "
+                          "here is first defined, and the destination of its live migrations (repeat for each host)")
+    run.add_argument("--peer-interval", type=_positive_float, default=d.peer_interval, metavar="SECONDS",
+                     help="how often a domain another host may still hold, or that may come here while its host "
+                          "is drained, is asked about again (default %(default)gs)")
     run.add_argument("--once", action="store_true",
                      help="exit once everything has converged (demo, CI); prints the status table")
 
@@ -167,6 +170,16 @@ def parser() -> argparse.ArgumentParser:
                          "qemu+ssh://NAME/system) and show where each VM runs and where the config places it")
     st.add_argument("--config-dir", default=d.config_dir, metavar="DIR", help="with --hosts: the fleet's config")
     st.add_argument("--no-trust-checks", action="store_true")
+
+    dr = sub.add_parser("drain", help="move this host's VMs to their `hosts` alternatives (or stop them), and "
+                                      "wait; --undo brings them back")
+    _state_of(dr)
+    dr.add_argument("host", nargs="?", default=None, metavar="HOST",
+                    help="the host to drain: the one this runs on (its daemon's --host)")
+    dr.add_argument("--undo", action="store_true", help="no longer drained: its VMs come back")
+    dr.add_argument("--timeout", type=_positive_float, default=900.0, metavar="SECONDS",
+                    help="give up waiting after this long (default %(default)gs; the drain goes on)")
+    dr.add_argument("--no-wait", action="store_true", help="do not wait for the VMs to leave")
 
     rl = sub.add_parser("reload", help="make the running daemon re-read its config and wait for it")
     _state_of(rl)
@@ -212,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         from . import logs
         logs.configure(getattr(args, "log_level", "warning"), cache=True)
-        from . import backup_command, commands, gc_command, purge, snapshot_command
+        from . import backup_command, commands, drain_command, gc_command, purge, snapshot_command
         handler = {"gc": gc_command.cmd_gc, "snapshot": snapshot_command.cmd_snapshot,
                    "backup": backup_command.cmd_backup, "restore": backup_command.cmd_restore, "run": commands.cmd_run, "check": commands.cmd_check, "schema": commands.cmd_schema,
                    "plan": commands.cmd_plan, "status": commands.cmd_status, "reload": commands.cmd_reload,
-                   "purge": purge.cmd_purge, "reference": commands.cmd_reference}[args.command]
+                   "drain": drain_command.cmd_drain, "purge": purge.cmd_purge, "reference": commands.cmd_reference}[args.command]
         return handler(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -67,6 +67,7 @@ class Daemon:
                                                 connections=settings.connections)
         self.queue = AsyncWorkQueue()
         self.status = StatusStore(settings.state_dir)
+        self.status.daemon["host"] = settings.host  # `nvirtd drain` checks it is run on the host it names
         self._status_dirty = asyncio.Event()
         self.status.on_dirty = self._status_dirty.set
         self.config = ConfigStore(settings, self.status)
@@ -84,7 +85,8 @@ class Daemon:
                             state_dir=settings.state_dir, declared_networks=declared_networks,
                             start_concurrency=settings.start_concurrency, start_order=self.config.start_order,
                             instance=settings.instance, peers=settings.peers,
-                            placed_elsewhere=self.config.placed_elsewhere, host=settings.host),
+                            placed_elsewhere=self.config.placed_elsewhere, host=settings.host,
+                            peer_interval=settings.peer_interval),
                  NetworkKind(self.hv)]
         self.metrics: Any = None
         if settings.metrics:  # prometheus_client is imported only when asked for

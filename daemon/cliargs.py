@@ -56,6 +56,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         trust_checks=not getattr(args, "no_trust_checks", False),
         host=getattr(args, "host", None) or socket.gethostname(),
         peers=tuple(getattr(args, "peer", None) or ()),
+        peer_interval=getattr(args, "peer_interval", d.peer_interval),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from .core.desired import Rendered, changed_keys, render_all
 from .core.domain_xml import RenderContext
 from .core.keys import Key, Kind
 from .core.record import Wanted
-from .core.spec import ConfigFile, DiskType
+from .core.spec import ConfigFile, DesiredPower, DiskType
 from .core.start_order import dependents_of
 from .declared import write_declared
 from .runtime import clock
@@ -45,6 +46,13 @@ class Reloaded:
     broken_changed: bool = False  # the broken files (or their texts) changed: what they held may go now
 
 
+DRAINED_FILE = "drained"  # in the state directory, written by `nvirtd drain`
+
+
+def is_drained(state_dir: str) -> bool:
+    return os.path.exists(os.path.join(state_dir, DRAINED_FILE))
+
+
 class ConfigStore:
     def __init__(self, settings: Settings, status: StatusStore) -> None:
         self.settings = settings
@@ -60,6 +68,8 @@ class ConfigStore:
         self._after: dict[str, tuple[str, ...]] = {}
         self.elsewhere: dict[str, str] = {}  # a fleet's domains placed on other hosts: name -> host
         self._elsewhere_rendered: dict[str, Any] = {}
+        self.drained = False  # `nvirtd drain`: this host's domains go to their alternatives, or stop
+        self._evacuated: set[str] = set()
         self._dependents: dict[str, tuple[str, ...]] = {}
 
     async def reload(self, *, explicit: bool) -> Reloaded:
@@ -98,6 +108,14 @@ class ConfigStore:
         rendered = render_all(state, self.ctx, previous)
         # a fleet's config: the domains placed on other hosts are theirs (checked fleet-wide above)
         self.elsewhere = placement.placed_elsewhere(rendered.domains, self.settings.host)
+        self.drained = is_drained(self.settings.state_dir)
+        moves, stops = placement.drained(rendered.domains, self.settings.host,
+                                         [h for h, _ in self.settings.peers]) if self.drained else ({}, set())
+        self.elsewhere.update(moves)  # while drained: placed on its first alternative
+        self._evacuated = set(moves)
+        if stops:  # while drained: stopped, and no autostart (started again once no longer drained)
+            rendered = dataclasses.replace(rendered, domains={n: dataclasses.replace(d, spec=d.spec.model_copy(
+                update={"state": DesiredPower.stopped})) if n in stops else d for n, d in rendered.domains.items()})
         # kept apart: their rendering is what a domain moving here or away is compared with
         self._elsewhere_rendered = {n: d for n, d in rendered.domains.items() if n in self.elsewhere}
         if self.elsewhere:
@@ -132,6 +150,11 @@ class ConfigStore:
             return desired.domains.get(key.name) or self._elsewhere_rendered.get(key.name)
         return desired.networks.get(key.name)
 
+    def alternatives(self, name: str) -> tuple[str, ...]:
+        """The hosts a domain placed elsewhere goes to while its host is drained."""
+        d = self._elsewhere_rendered.get(name)
+        return tuple(d.spec.hosts) if d is not None else ()
+
     def placed_elsewhere(self, name: str) -> str | None:
         """The host a fleet's config places domain `name` on, when it is not this one."""
         return self.elsewhere.get(name)
@@ -146,7 +169,7 @@ class ConfigStore:
             return Wanted(key.name, obj, source, held=True, instance=instance)
         if key.kind == Kind.domain and key.name in self.elsewhere:
             return Wanted(key.name, obj, source, instance=instance, elsewhere=self.elsewhere[key.name],
-                          host=self.settings.host)
+                          host=self.settings.host, drained=key.name in self._evacuated)
         conflict = (key.kind.value, key.name) in desired.state.conflicts
         held = not conflict and desired.held(key.kind.value, key.name, source)
         if obj is None and owner_file is not None and self._may_declare(key.name) is not None:

@@ -45,7 +45,8 @@ _SIMPLE_OPS: dict[Act, Callable[[Action], DomainOp]] = {
     Act.set_vcpus: lambda a: SetVcpus(int(a.size or 1)), Act.set_memory: lambda a: SetMemory(int(a.size or 0)),
 }
 LIBVIRT_ACTS = frozenset(_SIMPLE_OPS) | {Act.define, Act.set_owner, Act.mark_shutdown, Act.grow_disk_live,
-                                         Act.attach_device, Act.detach_device, Act.set_live_owner, Act.adopt}
+                                         Act.attach_device, Act.detach_device, Act.set_live_owner, Act.adopt,
+                                         Act.mark_leaving}
 # actions after which the disks' report is read again (their files or sizes changed)
 _DISK_CHANGES = {Act.create_overlay, Act.recreate_overlay, Act.grow_overlay, Act.grow_disk_live}
 
@@ -58,12 +59,13 @@ class DomainKind:
                  state_dir: str, declared_networks: Callable[[], Collection[str]], start_concurrency: int = 0,
                  start_order: Callable[[str], tuple[tuple[str, ...], tuple[str, ...]]] = lambda name: ((), ()),
                  instance: str = DEFAULT_INSTANCE, peers: tuple[tuple[str, str], ...] = (),
-                 placed_elsewhere: Callable[[str], str | None] = lambda name: None, host: str = "") -> None:
+                 placed_elsewhere: Callable[[str], str | None] = lambda name: None, host: str = "",
+                 peer_interval: float = 30.0) -> None:
         self.hv = hv
         self.host = host  # written in the owner element: whose libvirt its fingerprint is of
         # the fleet's other hosts (name, URI): what they have of a domain, and its moves
-        self.moves = Moves(hv, images, images_dir=images_dir, instance=instance, peers=peers,
-                           placed_elsewhere=placed_elsewhere)
+        self.moves = Moves(hv, images, images_dir=images_dir, instance=instance, peers=peers, host=host,
+                           peer_interval=peer_interval, placed_elsewhere=placed_elsewhere)
         self.instance = instance  # startAfter counts this instance's domains only
         self.start_order = start_order  # configstore.start_order: (starts after, started after it)
         # a boot storm's cap: a batch that starts a guest waits for a slot (the rest of the
@@ -84,8 +86,11 @@ class DomainKind:
             if observed is not None and observed.power.active and dependents:
                 running = tuple([d for d in dependents if await self._runs(d)])
             return DomainObservation(observed, dependents_running=running, wake_after=after)
+        fleet = None
         if self.moves.placed_elsewhere(name) is not None:  # another host's: only what a move needs
-            return DomainObservation(observed, **await self.moves.observe(name, desired, observed))  # type: ignore[arg-type]
+            fleet = await self.moves.observe(name, desired, observed)
+            if not self.moves.comes_here(fleet):  # (unless it comes here: its host is drained)
+                return DomainObservation(observed, **fleet)  # type: ignore[arg-type]
         networks = ()
         if observed is None or not observed.power.active:  # only a start waits for them
             declared = self.declared_networks()
@@ -104,7 +109,8 @@ class DomainKind:
         live_devices = None
         if _unplug_pending(observed):
             live_devices = await self.hv.live_devices(name)
-        fleet = await self.moves.observe(name, desired, observed)
+        if fleet is None:
+            fleet = await self.moves.observe(name, desired, observed)
         seed_missing, stale = False, ()
         if desired.seed is not None:
             seed_missing = not os.path.exists(desired.seed.path)
@@ -199,6 +205,10 @@ class DomainKind:
             # never the persistent owner: its spec hash would hide that the guest runs an older definition
             live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
             return MarkShutdown(dataclasses.replace(live, shutdown_started=clock.wall()))
+        if action.kind == Act.mark_leaving:  # its host is drained: where it goes, for that host to see
+            assert observed is not None
+            live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
+            return SetLiveOwner(dataclasses.replace(live, leaving_for=action.device))
         if action.kind == Act.grow_disk_live:
             assert action.disk is not None and action.size is not None
             return ResizeDisk(identity.overlay_path(self.images_dir, name, action.disk), action.size)

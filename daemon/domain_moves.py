@@ -20,8 +20,9 @@ from .adapters.hypervisor_protocol import HypervisorLike, MigrationSettings
 from .adapters.images import Images
 from .core import identity
 from .core.domain_xml import RenderedDomain
-from .core.fleet_moves import is_arrival, parse_marker
-from .core.observed import ObservedDomain, PeerHold
+from .core.fleet_moves import comes_here, is_arrival, parse_marker
+from .core.placement import is_me
+from .core.observed import DomainObservation, ObservedDomain, PeerHold
 from .core.ownership import DEFAULT_INSTANCE, Owner
 from .core.spec_fleet import OnTimeout
 from .errors import PermanentError
@@ -31,13 +32,15 @@ log = structlog.get_logger("nvirtd.domains")
 
 class Moves:
     def __init__(self, hv: HypervisorLike, images: Images, *, images_dir: str, instance: str = DEFAULT_INSTANCE,
-                 peers: tuple[tuple[str, str], ...] = (),
+                 peers: tuple[tuple[str, str], ...] = (), host: str = "", peer_interval: float = 30.0,
                  placed_elsewhere: Callable[[str], str | None] = lambda name: None) -> None:
         self.hv = hv
         self.images = images
         self.images_dir = images_dir
         self.instance = instance
+        self.host = host
         self.peers = dict(peers)  # host -> libvirt URI (read-only questions; the migration's destination)
+        self.peer_interval = peer_interval
         self.placed_elsewhere = placed_elsewhere
 
     # ---- observe --------------------------------------------------------------------
@@ -51,20 +54,28 @@ class Moves:
         if where is None:
             ask = observed is None or is_arrival(observed)
             hosts = list(self.peers) if ask else []
-        elif observed is not None:
-            hosts = [where] if observed.power.active and where in self.peers else []
-        else:
-            hosts = list(self.peers) if here else []  # a copy left here by a move?
+        elif observed is not None and (observed.power.active or is_arrival(observed)):
+            hosts = [where] if where in self.peers else []
+        elif observed is None and here:
+            hosts = list(self.peers)  # a copy left here by a move?
+        else:  # an alternative of a host that may be drained: does its VM come here?
+            mine = any(is_me(h, self.host) for h in desired.spec.hosts)
+            hosts = [where] if observed is None and mine and where in self.peers else []
         if not hosts:
             return {}
         peers = tuple([await self._ask(host, name) for host in hosts])
+        found: dict[str, object] = {"peers": peers, "peer_recheck": self.peer_interval}
         runners = [p for p in peers if p.running]
         if len(runners) != 1:
-            return {"peers": peers}
-        bases = frozenset(base for _, base in runners[0].backings if os.path.exists(base))
-        if observed is not None:  # an arrival: its overlays here are the ones it made
-            return {"peers": peers, "bases_here": bases}
-        return {"peers": peers, "stale_overlays": tuple(disk for disk, _ in here), "bases_here": bases}
+            return found
+        found["bases_here"] = frozenset(base for _, base in runners[0].backings if os.path.exists(base))
+        if observed is None:  # (an arrival's overlays here are the ones it made)
+            found["stale_overlays"] = tuple(disk for disk, _ in here)
+        return found
+
+    def comes_here(self, fleet: dict[str, object]) -> bool:
+        """Whether a domain placed elsewhere comes here: its host is drained, and this is where to."""
+        return comes_here(DomainObservation(None, **fleet), self.host)  # type: ignore[arg-type]
 
     def _overlay_paths(self, name: str, desired: RenderedDomain) -> Iterable[tuple[str, str]]:
         return [(d, identity.overlay_path(self.images_dir, name, d)) for d, disk in desired.spec.disks.items()
@@ -78,7 +89,7 @@ class Moves:
         if held is None:
             return PeerHold(host)
         return PeerHold(host, held=True, running=held.running, arrival=held.arrival,
-                        arriving_from=held.arriving_from, backings=held.backings)
+                        arriving_from=held.arriving_from, backings=held.backings, leaving_for=held.leaving_for)
 
     # ---- execute --------------------------------------------------------------------
     async def migrate(self, name: str, desired: RenderedDomain | None, host: str) -> None:

@@ -32,4 +32,5 @@ class Settings:
     trust_checks: bool = True
     instance: str = DEFAULT_INSTANCE
     host: str = ""  # this host's name in a fleet's config (`--host`; cliargs gives the host name)
-    peers: tuple[tuple[str, str], ...] = ()  # the fleet's other hosts: (name, read-only libvirt URI)
+    peers: tuple[tuple[str, str], ...] = ()  # the fleet's other hosts: (name, libvirt URI)
+    peer_interval: float = 30.0  # how often another host that may hold a domain is asked again

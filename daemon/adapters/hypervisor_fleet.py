@@ -32,6 +32,7 @@ class HeldDomain:
     arrival: str | None = None  # an arrival that host prepares (core/ownership.py)
     arriving_from: str | None = None
     backings: tuple[tuple[str, str], ...] = ()  # a running domain's (disk file, its backing file)
+    leaving_for: str | None = None  # its host is drained: where it goes
 
 
 class PeerUnreachable(Exception):
@@ -46,7 +47,7 @@ def _ours(dom: Any, instance: str) -> HeldDomain | None:
         return None
     running = dom.isActive() == 1
     return HeldDomain(dom.name(), running, owner.file, owner.arrival, owner.arriving_from,
-                      _backings(root) if running else ())
+                      _backings(root) if running else (), owner.leaving_for if running else None)
 
 
 def _backings(root: ET.Element) -> tuple[tuple[str, str], ...]:

@@ -20,7 +20,6 @@ from .record import Now, Record, ShutdownProgress, Wanted
 from .spec_base import human_bytes
 
 MIGRATING_RECHECK = 2.0  # a domain libvirt pauses for a migration is looked at again this often
-PEER_RECHECK = 30.0  # a domain another host of the fleet holds: asked again this often
 ORDER_RECHECK = 5.0  # a domain waiting on startAfter looks again this often (it is also woken)
 QUICK_DEATH = 60.0  # a guest that stops sooner than this after a start counts as a quick death
 # what a missing disk file, share or kernel vetoes: never define or start on a path that is not there
@@ -36,6 +35,11 @@ def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now
         return Plan(phase=Phase.pending, conditions=frozenset({Condition.moving}), requeue_after=MIGRATING_RECHECK,
                     message="a live migration is under way")
     if wanted.elsewhere is not None:  # neither started nor removed here; moved there if it runs here
+        if wanted.obj is not None and fleet_moves.comes_here(obs, wanted.host):  # its host is drained
+            arrival = fleet_moves.plan_arrival(obs, Action(Act.write_seed) if obs.seed_missing else None,
+                                               _needs_define(wanted.obj, observed))
+            if arrival is not None:
+                return _veto_missing_paths(arrival, obs) if obs.missing_paths else arrival
         return fleet_moves.plan_elsewhere(wanted, obs, _phase_of(observed))
     shutdown = shutdown_in_effect(observed, record, now)
     if wanted.obj is None:
@@ -250,8 +254,8 @@ def _plan_desired(p: _Pass) -> Plan:
         return Plan(actions=keep, phase=blocked, conditions=frozenset(conditions), message=message)
 
     if observed is None and p.obs.held_elsewhere:  # never a second VM beside the one that has its disks
-        return Plan(phase=Phase.pending, requeue_after=PEER_RECHECK, message=placement.held_message(
-            p.obs.held_elsewhere))
+        return Plan(phase=Phase.pending, requeue_after=p.obs.peer_recheck, message=placement.held_message(
+            p.obs.held_elsewhere, p.obs.peer_recheck))
 
     if needs_stop and active:
         keep = tuple(a for a in actions if a.kind in (Act.build_image, Act.root_image))
@@ -270,6 +274,8 @@ def _plan_desired(p: _Pass) -> Plan:
     elif observed is not None and observed.owner is not None and (
             observed.owner.timeout != spec.shutdown_timeout or observed.owner.arrival is not None):
         actions.append(Action(Act.set_owner))  # (an arrival's marker, once no other host has it, goes)
+    if observed is not None:
+        actions.extend(fleet_moves.leaving_mark(observed, None))  # a drain's marker, once it ended
     # libvirt keeps autostart across a redefine; a new (or transient) domain has none
     current_autostart = observed.autostart if observed is not None and observed.persistent else False
     if current_autostart != desired.autostart:

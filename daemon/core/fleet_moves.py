@@ -54,7 +54,11 @@ def plan_elsewhere(wanted: Wanted, obs: DomainObservation, held_phase: Phase) ->
         runner = obs.runs_on()
         if runner is not None and obs.stale_overlays:
             return _set_aside(obs.stale_overlays, runner.host, Phase.removed, elsewhere)
-        return Plan(phase=Phase.removed, conditions=elsewhere, message=placement.describe(where))
+        spec = getattr(wanted.obj, "spec", None)
+        alternative = spec is not None and any(placement.is_me(h, wanted.host) for h in spec.hosts)
+        # an alternative host looks again now and then: its VMs come here while their host is drained
+        return Plan(phase=Phase.removed, conditions=elsewhere, message=placement.describe(where),
+                    requeue_after=obs.peer_recheck if alternative and obs.peers else None)
     owner = observed.owner
     if owner is not None and owner.arrival is not None and not observed.power.active:
         # prepared here for a move the config no longer wants: only the definition goes (its
@@ -78,13 +82,15 @@ def plan_elsewhere(wanted: Wanted, obs: DomainObservation, held_phase: Phase) ->
         return Plan(phase=Phase.error, conditions=frozenset({Condition.elsewhere, Condition.conflict}),
                     requeue_after=MOVE_RECHECK,
                     message=f"RUNS ON TWO HOSTS: here and on host {where!r}; nvirtd changes neither")
+    drained = "this host is drained: " if wanted.drained else ""
     if dest.held and dest.arrival == READY and dest.arriving_from is not None and placement.is_me(
             dest.arriving_from, wanted.host):
         return Plan(actions=(Action(Act.migrate, device=where),), phase=held_phase, conditions=moving,
-                    message=f"moving to host {where!r} (live migration)")
-    return Plan(phase=held_phase, conditions=moving, requeue_after=MOVE_RECHECK,
-                message=f"placed on host {where!r}: runs here until {where} has its disks ready, then moves "
-                        "there by live migration")
+                    message=f"{drained}moving to host {where!r} (live migration)")
+    mark = leaving_mark(observed, where if wanted.drained else None)  # what tells that host to prepare for it
+    return Plan(actions=mark, phase=held_phase, conditions=moving, requeue_after=MOVE_RECHECK,
+                message=f"{drained or 'placed on host ' + repr(where) + ': '}runs here until {where} has its disks "
+                        "ready, then moves there by live migration")
 
 
 def plan_arrival(obs: DomainObservation, seed_action: Action | None, needs_define: bool) -> Plan | None:
@@ -101,8 +107,9 @@ def plan_arrival(obs: DomainObservation, seed_action: Action | None, needs_defin
     runner = obs.runs_on()
     if runner is None:
         if arriving and obs.held_elsewhere:  # the other host still has its disks: never start beside it
-            return Plan(phase=Phase.pending, conditions=frozenset({Condition.moving}), requeue_after=MOVE_RECHECK,
-                        message=placement.held_message(obs.held_elsewhere))
+            return Plan(phase=Phase.pending, conditions=frozenset({Condition.moving}),
+                        requeue_after=obs.peer_recheck, message=placement.held_message(obs.held_elsewhere,
+                                                                                       obs.peer_recheck))
         return None  # nobody else has it (the arrival's marker is cleared): a domain like any other
     moving = frozenset({Condition.moving})
     if observed is None:
@@ -155,7 +162,7 @@ def _prepare_overlays(overlays: tuple[OverlayState, ...], runner: PeerHold,
 def _set_aside(disks: tuple[str, ...], why: str, phase: Phase, conditions: frozenset[Condition]) -> Plan:
     reason = f"moved-to-{why}" if why != "older" else "older"
     return Plan(actions=tuple(Action(Act.set_aside, disk=d, detail=reason) for d in disks), phase=phase,
-                conditions=conditions,
+                conditions=conditions, requeue_after=MIN_WAIT,  # no event follows a rename: look again
                 message=f"another host runs it: its overlays here are kept aside ({reason}), never deleted")
 
 
@@ -167,6 +174,22 @@ def arrived(desired: RenderedDomain, observed: ObservedDomain | None, host: str)
     return (owner is not None and observed is not None and observed.persistent
             and owner.spec_hash == desired.spec_hash and owner.fingerprint != observed.fingerprint
             and bool(owner.host) and not placement.is_me(owner.host or "", host))
+
+
+def leaving_mark(observed: ObservedDomain, where: str | None) -> tuple[Action, ...]:
+    """The step that makes a running domain's live metadata name where it leaves for (its host is
+    drained), or name nothing (a marker it brought along, or of a drain that ended)."""
+    live = observed.live_owner
+    have = live.leaving_for if live is not None else None
+    if have == where or not observed.power.active:
+        return ()
+    return (Action(Act.mark_leaving, device=where),)
+
+
+def comes_here(obs: DomainObservation, host: str) -> bool:
+    """A domain placed elsewhere that comes here: its host is drained, and this is where to."""
+    runner = obs.runs_on()
+    return runner is not None and bool(runner.leaving_for) and placement.is_me(runner.leaving_for or "", host)
 
 
 def is_arrival(observed: ObservedDomain | None) -> bool:

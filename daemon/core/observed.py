@@ -115,6 +115,7 @@ class PeerHold:
     arrival: str | None = None  # its definition is an arrival it prepares: "preparing" | "ready"
     arriving_from: str | None = None  # ... for a move from this host
     backings: tuple[tuple[str, str], ...] = ()  # a running domain's (overlay, base) pairs, from its live XML
+    leaving_for: str | None = None  # it runs there, that host is drained, and it goes to this host
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,7 @@ class DomainObservation:
     # its disks whose overlay is here although another host runs it (a copy left by a move)
     stale_overlays: tuple[str, ...] = ()
     bases_here: frozenset[str] = frozenset()  # of the bases the host that runs it has, those this one has too
+    peer_recheck: float = 30.0  # how often the other hosts are asked again (`nvirtd run --peer-interval`)
 
     @property
     def held_elsewhere(self) -> tuple[str, ...]:

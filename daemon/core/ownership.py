@@ -32,6 +32,8 @@ in nvirtd's own XML namespace:
   started) on its new host before the live migration: "preparing" while its disks are made
   there, "ready" once the old host may migrate it (core/fleet_moves.py). The migration
   brings the old host's definition, which has neither.
+- `leaving-for`, in the running instance's metadata only: its host is drained (`nvirtd drain`)
+  and it goes to this one, which prepares its arrival on seeing it.
 - `host`: the host whose libvirt wrote the definition the fingerprint is of. A definition a
   migration brought is another libvirt's: its new host records its own fingerprint of it.
 An object without the element is not nvirtd's and is never touched.
@@ -70,6 +72,7 @@ class Owner:
     arrival: str | None = None  # a fleet's arriving domain: "preparing" | "ready" (core/fleet_moves.py)
     arriving_from: str | None = None  # the host it moves from
     host: str | None = None  # the host whose libvirt the fingerprint is of (a fleet's moves)
+    leaving_for: str | None = None  # live metadata only: its host is drained, it goes to this one
 
     @property
     def owned_by(self) -> str:
@@ -98,6 +101,8 @@ def owner_element(owner: Owner) -> ET.Element:
         el.set("live", owner.live)
     if owner.host:
         el.set("host", owner.host)
+    if owner.leaving_for:
+        el.set("leaving-for", owner.leaving_for)
     if owner.arrival is not None:
         el.set("arrival", owner.arrival)
         el.set("arriving-from", owner.arriving_from or "")
@@ -125,7 +130,8 @@ def _owner_of(el: ET.Element) -> Owner:
                  restart_hash=el.get("restart-hash"), instance=el.get("instance") or None,
                  shutdown_timeout=_number(el.get("shutdown-timeout"), int),
                  shutdown_started=_number(el.get("shutdown-started"), float), live=el.get("live"),
-                 arrival=el.get("arrival"), arriving_from=el.get("arriving-from"), host=el.get("host") or None)
+                 arrival=el.get("arrival"), arriving_from=el.get("arriving-from"), host=el.get("host") or None,
+                 leaving_for=el.get("leaving-for") or None)
 
 
 def _number(text: str | None, kind: type) -> Any:

@@ -16,7 +16,7 @@ other hosts (`--peer`) whether one still holds it (adapters/hypervisor_fleet.py)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 UNPLACED = ""  # where a fleet's domain that names no host is placed
@@ -39,12 +39,29 @@ def placed_elsewhere(domains: Mapping[str, Any], host: str) -> dict[str, str]:
     return {name: d.spec.host or UNPLACED for name, d in domains.items() if not is_me(d.spec.host or UNPLACED, host)}
 
 
+def drained(domains: Mapping[str, Any], host: str, peers: Collection[str]) -> tuple[dict[str, str], set[str]]:
+    """While this host is drained (`nvirtd drain`): (each of its domains that goes to another
+    host -> the first of its `hosts` that is a peer, the domains it stops instead). A domain
+    with neither stays."""
+    moves, stops = {}, set()
+    for name, d in domains.items():
+        if not is_me(d.spec.host or UNPLACED, host):
+            continue
+        if d.spec.evacuate == "stop":
+            stops.add(name)
+            continue
+        alt = next((h for h in d.spec.hosts if h in peers), None)
+        if alt is not None:
+            moves[name] = alt
+    return moves, stops
+
+
 def describe(where: str) -> str:
     if where == UNPLACED:
         return "placed on no host: other domains of this fleet's config name their host, so give it `host`"
     return f"placed on host {where!r}; not managed here"
 
 
-def held_message(holders: tuple[str, ...]) -> str:
+def held_message(holders: tuple[str, ...], every: float = 30.0) -> str:
     return (f"not defined here while {' and '.join(holders)} may hold it (a VM whose host changed runs where it "
-            "was, on its own disks): move it from there first; looked at again every 30 s")
+            f"was, on its own disks; a running one moves here by itself); looked at again every {every:g} s")

@@ -77,6 +77,7 @@ class Act(StrEnum):
     # a fleet's moves (core/fleet_moves.py)
     migrate = "migrate"  # live, to the host in `device`
     set_aside = "set-aside"  # an overlay another host's VM has moved on from: renamed, kept
+    mark_leaving = "mark-leaving"  # its host is drained: the live metadata names where it goes
     adopt = "adopt"  # a definition a migration brought: this host's fingerprint of it recorded (metadata)
     reattach_nics = "reattach-nics"
     update_hosts = "update-hosts"

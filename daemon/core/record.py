@@ -35,6 +35,7 @@ class Wanted:
     config_errors: tuple[str, ...] = ()  # errors of its file that name it (shown in its status)
     elsewhere: str | None = None  # a domain a fleet's config places on another host ("": on none)
     host: str = ""  # this host's name in the fleet (`nvirtd run --host`)
+    drained: bool = False  # placed here, but this host is drained: `elsewhere` is its alternative
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from .network_spec import ForwardMode, Network
 from .spec_devices import Hostdev, NumaCell, tuning_problems
-from .spec_fleet import Migration
+from .spec_fleet import Evacuate, Migration
 from .spec_images import MAX_DISK_BYTES, CloudInit, ImageChangePolicy, Overlay, SizeUnit
 from .spec_resources import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, Cpu, Memory, MemoryUnit
 from .spec_base import (BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, NAMED_INTERVALS, TARGET_PATTERN, AbsPath, IPv4,
@@ -262,6 +262,12 @@ class Domain(Model):
         None, description="The fleet host it runs on (`nvirtd run --host`, default: the host name). Every host "
         "reads the same files and manages the domains placed on it; once one domain names a host, one without "
         "is placed nowhere. Not part of the definition.")
+    hosts: list[Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]] = Field(
+        default_factory=list, description="Where it goes while its `host` is drained (`nvirtd drain`): the first "
+        "of these hosts that is a peer, by live migration. Not part of the definition.")
+    evacuate: Evacuate = Field(
+        strict=False, default=Evacuate.migrate, description="What `nvirtd drain` does with it: migrate (to the "
+        "first of `hosts`) or stop (started again once the host is no longer drained).")
     migration: Migration = Field(
         default_factory=Migration, description="How it moves when its `host` changes while it runs: a live "
         "migration with its overlays. Not part of the definition.")
@@ -316,6 +322,14 @@ class Domain(Model):
                                               "supported: the cells hold all of the memory"))
         if problems:
             raise ValueError("; ".join(f"@{field}: {reason}" for field, reason in problems[:1]))
+        return self
+
+    @model_validator(mode="after")
+    def _alternatives_need_a_host(self) -> Self:
+        if self.hosts and not self.host:
+            raise ValueError("@hosts: the hosts it goes to while its `host` is drained; give `host` first")
+        if self.host and self.host in self.hosts:
+            raise ValueError(f"@hosts: {self.host!r} is its own host, not an alternative to it")
         return self
 
     @model_validator(mode="after")

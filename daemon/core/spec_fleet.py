@@ -27,3 +27,8 @@ class Migration(Model):
         True, description="Slow the guest's vCPUs down when its memory changes faster than it can be copied.")
     tls: bool = Field(
         False, description="Encrypt the migration stream (libvirt's migrate_tls_* settings on both hosts).")
+
+
+class Evacuate(StrEnum):
+    migrate = "migrate"
+    stop = "stop"

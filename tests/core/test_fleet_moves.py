@@ -153,3 +153,49 @@ def test_h2_does_nothing_while_the_migration_comes_in():
     incoming = arrival("ready", power=Power.paused)  # libvirt's, until h1's definition replaces the arrival
     plan = on("h2", DomainObservation(incoming, overlays=(overlay(True),), peers=(H1_RUNS,)))
     assert kinds(plan) == [] and "receiving it from host 'h1'" in plan.message
+
+
+# ---- a drained host and its alternative -----------------------------------------------
+def test_a_drained_host_sends_each_vm_to_its_first_alternative_that_is_a_peer_or_stops_it():
+    from types import SimpleNamespace
+
+    from daemon.core import placement
+    vm = lambda host, hosts=(), evacuate="migrate": SimpleNamespace(  # noqa: E731
+        spec=SimpleNamespace(host=host, hosts=list(hosts), evacuate=evacuate))
+    domains = {"a": vm("h2", ["h3", "h1"]), "b": vm("h2", evacuate="stop"), "c": vm("h2"), "d": vm("h1", ["h2"])}
+    assert placement.drained(domains, "h2", ["h1"]) == ({"a": "h1"}, {"b"})  # c stays; d is not h2's
+
+
+def test_a_drained_host_first_tells_the_alternative_then_migrates_once_it_is_ready():
+    running = observed(D, power=Power.running)
+    wanted = Wanted("vm", D, "vm.json", elsewhere="h1", host="h2", drained=True)
+    told = plan_domain(wanted, DomainObservation(running, peers=(PeerHold("h1"),)), Record(), Now(0.0, 0.0))
+    assert kinds(told) == [Act.mark_leaving] and told.actions[0].device == "h1" and "drained" in told.message
+    marked = dataclasses.replace(running, live_owner=dataclasses.replace(running.owner, leaving_for="h1"))
+    waits = plan_domain(wanted, DomainObservation(marked, peers=(PeerHold("h1"),)), Record(), Now(0.0, 0.0))
+    assert kinds(waits) == []
+    ready = PeerHold("h1", held=True, arrival="ready", arriving_from="h2")
+    moves = plan_domain(wanted, DomainObservation(marked, peers=(ready,)), Record(), Now(0.0, 0.0))
+    assert kinds(moves) == [Act.migrate] and moves.actions[0].device == "h1"
+
+
+def test_the_alternative_prepares_the_arrival_of_a_vm_that_leaves_for_it():
+    leaving = PeerHold("h2", held=True, running=True, leaving_for="h1", backings=((OVERLAY, BASE),))
+    wanted = Wanted("vm", D, "vm.json", elsewhere="h2", host="h1")
+    plan = plan_domain(wanted, DomainObservation(None, overlays=(overlay(False),), peers=(leaving,)), Record(),
+                       Now(0.0, 0.0))
+    assert kinds(plan) == [Act.define] and plan.actions[0].detail == "preparing:h2"
+    elsewhere_bound = dataclasses.replace(leaving, leaving_for="h3")  # it goes elsewhere: nothing here
+    idle = plan_domain(wanted, DomainObservation(None, peers=(elsewhere_bound,)), Record(), Now(0.0, 0.0))
+    assert kinds(idle) == []
+
+
+def test_a_drains_marker_is_cleared_once_it_arrived_or_the_drain_ended():
+    running = observed(D, power=Power.running)
+    marked = dataclasses.replace(running, live_owner=dataclasses.replace(running.owner, leaving_for="h1"))
+    arrived = plan_domain(Wanted("vm", D, "vm.json", elsewhere="h2", host="h1"), DomainObservation(
+        marked, peers=(PeerHold("h2"),)), Record(), Now(0.0, 0.0))  # on h1: placed on h2, which is drained
+    assert kinds(arrived) == [Act.mark_leaving] and arrived.actions[0].device is None
+    undone = plan_domain(Wanted("vm", D, "vm.json", host="h2"), DomainObservation(marked, overlays=(overlay(True),)),
+                         Record(), Now(0.0, 0.0))  # on h2: no longer drained before it left
+    assert kinds(undone) == [Act.mark_leaving] and undone.actions[0].device is None

@@ -63,7 +63,7 @@ class Host:
                      log: Path) -> None:
         argv = [sys.executable, "-m", "daemon", "run", "--config-dir", str(config), "--no-trust-checks",
                 "--state-dir", "/var/lib/nvirtd", "--images-dir", "/var/lib/nvirtd/images", "--host", self.name,
-                "--build-command", shlex.join(build_command)]
+                "--build-command", shlex.join(build_command), "--peer-interval", "1"]
         for host, uri in peers.items():
             argv += ["--peer", f"{host}={uri}"]
         self.log = log
@@ -76,6 +76,11 @@ class Host:
             self.daemon.terminate()
             self.daemon.wait(timeout=20)
         self.daemon = None
+
+    def nvirtd(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        """An nvirtd command run on this host."""
+        return subprocess.run(self.in_host(sys.executable, "-m", "daemon", *args), capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
     def passes(self, name: str) -> list[dict]:
         """Every pass of `name` this host's nvirtd logged that did something."""

@@ -61,7 +61,7 @@ def disk_line(path, sector: int = 0) -> str:
 def config(tmp_path, guest, on: str) -> dict:
     nix = tmp_path / "move.nix"
     nix.write_text(f'# {tmp_path}\n{{ ... }}: {{ networking.hostName = "{NAME}"; }}\n')
-    spec = domain(128, host=on, virtType="qemu", consoleLog=True, shutdownTimeout=1,
+    spec = domain(128, host=on, hosts=["h2" if on == "h1" else "h1"], virtType="qemu", consoleLog=True, shutdownTimeout=1,
                   boot={"kernel": str(guest / "vmlinuz"), "initrd": str(guest / "initrd.gz"),
                         "cmdline": "console=ttyS0 quiet nvirtd.count"},
                   disks={"root": {"type": "nix", "path": str(nix)}})
@@ -104,3 +104,19 @@ def test_a_running_vm_whose_host_changes_moves_live_and_keeps_its_data(hosts, gu
     done = [a for p in h2.passes(NAME) for a in p["actions"]]
     assert done.count("define") == 1 and done.index("adopt") > done.index("define"), done  # the arrival's only
     assert h2.conn.lookupByName(NAME).autostart() == 1
+
+    # maintenance of h2: drained, the VM goes to its alternative, h1, the same way; then back
+    before = max(counts(h2.console(NAME)))
+    drained = h2.nvirtd("drain", "h2", "--state-dir", "/var/lib/nvirtd", "--timeout", "120")
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert "drained: no VM runs here" in drained.stdout and "moving to host 'h1'" in drained.stdout
+    assert h1.runs(NAME) and not h2.holds(NAME)
+    wait(lambda: max(counts(h1.console(NAME))) > before + 5, 30, "the guest counting on h1 again")
+    assert h1.console(NAME).count("NVIRTD-BOOT") == 1  # still the first boot
+    wrong = h1.nvirtd("drain", "h2", "--state-dir", "/var/lib/nvirtd")
+    assert wrong.returncode == 1 and "this is host 'h1'" in wrong.stderr
+
+    undone = h2.nvirtd("drain", "--undo", "--state-dir", "/var/lib/nvirtd")
+    assert undone.returncode == 0 and "no longer drained" in undone.stdout
+    wait(lambda: h2.runs(NAME) and not h1.holds(NAME), 60, "the VM back on h2")
+    assert disk_line(h2.root / "images" / f"{NAME}-root.qcow2", 1) == f"NVIRTD-BOOT {boot}"

@@ -55,6 +55,17 @@ let
   };
   # end schema
 
+  # schema: Migration
+  migrationModule = {
+    options = {
+      timeout = opt (types.ints.between 10 86400) 300 "Seconds a live migration may take.";
+      onTimeout = opt (types.enum [ "abort" "postcopy" ]) "abort" "abort: it goes on running where it was, tried again later; postcopy: it switches to the new host and fetches the rest of its memory from the old one.";
+      autoConverge = opt types.bool true "Slow the guest's vCPUs down when its memory changes faster than it is copied.";
+      tls = opt types.bool false "Encrypt the migration stream (libvirt's migrate_tls_* settings on both hosts).";
+    };
+  };
+  # end schema
+
   # schema: CloudInit
   cloudInitModule = {
     options = {
@@ -138,7 +149,10 @@ let
   # schema: Domain
   domainModule = {
     options = {
-      host = opt (nullOr types.str) null "The fleet host it runs on (nvirtd's --host); once one domain names a host, one without is placed nowhere.";
+      host = opt (nullOr types.str) null "The fleet host it runs on (nvirtd's --host); once one domain names a host, one without is placed nowhere. Changed while it runs: it moves there by live migration.";
+      hosts = opt (types.listOf types.str) [ ] "Where it goes while its host is drained (nvirtd drain): the first of these that is a peer.";
+      evacuate = opt (types.enum [ "migrate" "stop" ]) "migrate" "What nvirtd drain does with it: migrate to the first of hosts, or stop it until the drain ends.";
+      migration = opt (types.submodule migrationModule) { } "How it moves between hosts: a live migration with its overlays.";
       uuid = opt (nullOr types.str) null "Default: derived from the name, stable.";
       cpu.amount = opt types.ints.positive 1 "Number of virtual CPUs.";
       cpu.max = opt (nullOr (types.ints.between 1 1024)) null "Most vCPUs: cpu.amount can rise to it while the guest runs (no restart).";
@@ -239,7 +253,7 @@ in
     host = opt (nullOr types.str) null
       "This host's name in a fleet's config (domains' host); null: the host name. The same domains on every host of a fleet (colmena, deploy-rs), each daemon manages those placed on it.";
     peers = opt (types.attrsOf types.str) { }
-      "The fleet's other hosts and their libvirt URIs (read only, e.g. qemu+ssh://h2/system): asked before a domain placed here is first defined, so a VM whose host changed never runs twice.";
+      "The fleet's other hosts and their libvirt URIs (e.g. qemu+tls://h2/system): asked (read only) before a domain placed here is first defined, so a VM never runs twice; and the destination of live migrations, which this host's libvirtd opens itself (peer to peer).";
     extraArgs = opt (types.listOf types.str) [ ] "Extra arguments for `nvirtd run`.";
     extraPackages = opt (types.listOf types.package) [ ]
       "More packages on the daemon's PATH: what a --build-command (in extraArgs) runs, or nixos-generators where the nixpkgs on NIX_PATH is older than 25.05.";

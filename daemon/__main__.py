@@ -159,6 +159,9 @@ def parser() -> argparse.ArgumentParser:
     _common(plan)
     plan.add_argument("--virt-type", default="auto", choices=["auto", "kvm", "qemu"])
     plan.add_argument("--no-trust-checks", action="store_true")
+    plan.add_argument("--hosts", default=None, metavar="H1,H2=URI,...",
+                      help="a fleet's plan instead: read each host's libvirt (read only) and say, per VM, what moves "
+                           "next and why (the table of `status --hosts`)")
 
     st = sub.add_parser("status", help="show domains and networks as the daemon sees them")
     _state_of(st)

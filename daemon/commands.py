@@ -129,6 +129,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .runtime.expectations import Expectations
     from .status import StatusStore
 
+    if getattr(args, "hosts", None):  # a fleet's: what moves next, from every host's libvirt
+        from .fleet_status import cmd_fleet_status
+        return cmd_fleet_status(args)
     settings = settings_from(args)
 
     async def go() -> int:

@@ -208,7 +208,8 @@ class DomainKind:
         if action.kind == Act.mark_leaving:  # its host is drained: where it goes, for that host to see
             assert observed is not None
             live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
-            return SetLiveOwner(dataclasses.replace(live, leaving_for=action.device))
+            return SetLiveOwner(dataclasses.replace(live, leaving_for=action.device,
+                                                    move_error=live.move_error if action.device else None))
         if action.kind == Act.grow_disk_live:
             assert action.disk is not None and action.size is not None
             return ResizeDisk(identity.overlay_path(self.images_dir, name, action.disk), action.size)

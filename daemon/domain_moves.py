@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from .adapters import hypervisor_fleet
-from .adapters.hypervisor_protocol import HypervisorLike, MigrationSettings
+from .adapters.hypervisor_protocol import HypervisorLike, MigrationSettings, SetLiveOwner
 from .adapters.images import Images
 from .core import identity
 from .core.domain_xml import RenderedDomain
@@ -25,7 +25,7 @@ from .core.placement import is_me
 from .core.observed import DomainObservation, ObservedDomain, PeerHold
 from .core.ownership import DEFAULT_INSTANCE, Owner
 from .core.spec_fleet import OnTimeout
-from .errors import PermanentError
+from .errors import HypervisorError, PermanentError
 
 log = structlog.get_logger("nvirtd.domains")
 
@@ -89,7 +89,8 @@ class Moves:
         if held is None:
             return PeerHold(host)
         return PeerHold(host, held=True, running=held.running, arrival=held.arrival,
-                        arriving_from=held.arriving_from, backings=held.backings, leaving_for=held.leaving_for)
+                        arriving_from=held.arriving_from, backings=held.backings, leaving_for=held.leaving_for,
+                        move_error=held.move_error)
 
     # ---- execute --------------------------------------------------------------------
     async def migrate(self, name: str, desired: RenderedDomain | None, host: str) -> None:
@@ -101,8 +102,23 @@ class Moves:
                                      auto_converge=spec.auto_converge, tls=spec.tls)
         overlays = frozenset(path for _, path in self._overlay_paths(name, desired))
         log.info("domain_migrating", domain=name, to=host, uri=uri, overlays=sorted(overlays))
-        await self.hv.migrate(name, uri, overlays=overlays, settings=settings)
+        try:
+            await self.hv.migrate(name, uri, overlays=overlays, settings=settings)
+        except HypervisorError as exc:
+            await self._record_failure(name, str(exc))
+            raise
         log.info("domain_migrated", domain=name, to=host)
+
+    async def _record_failure(self, name: str, why: str) -> None:
+        """Why the move failed, in the running VM's live metadata: the host it was to go to shows it."""
+        seen = await self.hv.observe_domain(name)
+        if seen is None or not seen.power.active or seen.owner is None:
+            return
+        live = seen.live_owner or Owner(file=seen.owner.file, spec_hash="")
+        try:
+            await self.hv.apply(name, [SetLiveOwner(dataclasses.replace(live, move_error=why[:400]))])
+        except HypervisorError:  # the failure itself is what the status says
+            pass
 
     def set_aside(self, name: str, disk: str, reason: str) -> None:
         overlay = identity.overlay_path(self.images_dir, name, disk)

@@ -48,26 +48,39 @@ def rows(declared: dict[str, Any], seen: dict[str, Any]) -> list[dict[str, Any]]
     for name in names:
         d = declared.get(name)
         placed = (d.spec.host or "") if d is not None and fleet else None
-        runs = [h for h, held in reachable.items() if name in held and held[name].running]
-        defined = [h for h, held in reachable.items() if name in held and not held[name].running]
+        held_by = {h: held[name] for h, held in reachable.items() if name in held}
+        runs = [h for h, x in held_by.items() if x.running]
+        arriving = {h: x.arrival for h, x in held_by.items() if not x.running and x.arrival}
+        defined = [h for h, x in held_by.items() if not x.running and not x.arrival]
         out.append({"name": name, "placed_on": placed, "runs_on": runs, "defined_on": defined,
-                    "note": _note(d is not None, fleet, placed, runs, defined)})
+                    "arriving_on": sorted(arriving),
+                    "note": _note(d is not None, fleet, placed, runs, defined, arriving,
+                                  next((x.leaving_for for x in held_by.values() if x.running and x.leaving_for), None),
+                                  all_answered=len(reachable) == len(seen))})
     return out
 
 
-def _note(declared: bool, fleet: bool, placed: str | None, runs: list[str], defined: list[str]) -> str:
+def _note(declared: bool, fleet: bool, placed: str | None, runs: list[str], defined: list[str],
+          arriving: dict[str, str], leaving_for: str | None, *, all_answered: bool = True) -> str:
     if not declared:
         return "not in the config: its host removes it"
     if fleet and not placed:
         return "placed on no host: give it `host`"
     if len(runs) > 1:
         return f"RUNS ON {len(runs)} HOSTS: {', '.join(runs)}"
-    if placed and runs and placed not in runs:
-        return f"runs on {runs[0]}, placed on {placed}: to be moved"
+    target = leaving_for if leaving_for and leaving_for not in runs else placed
+    if target and runs and target not in runs:
+        why = f"{runs[0]} is drained" if target == leaving_for else f"placed on {placed}"
+        if arriving.get(target) == "ready":
+            return f"{why}: {target} is ready, {runs[0]} migrates it live"
+        if target in arriving:
+            return f"{why}: moving to {target}, which prepares its disks"
+        return f"runs on {runs[0]}, {why}: to be moved live ({target} prepares it first)"
     if placed and defined and placed not in defined and not runs:
-        return f"defined on {', '.join(defined)}, placed on {placed}: to be moved"
+        return (f"stopped on {', '.join(defined)}, placed on {placed}: a stopped VM is not moved (start it to "
+                "move it live)")
     if not runs and not defined:
-        return "on no host (yet)"
+        return "on no host (yet)" if all_answered else "on no host that answered"
     return ""
 
 
@@ -75,8 +88,9 @@ def render(table: list[dict[str, Any]], seen: dict[str, Any]) -> str:
     lines = [f"{'NAME':<24} {'PLACED ON':<14} {'RUNS ON':<20} {'DEFINED ON':<20} NOTE"]
     for r in table:
         placed = "-" if r["placed_on"] is None else (r["placed_on"] or "(none)")
+        defined = r["defined_on"] + [f"{h} (arrival)" for h in r.get("arriving_on", [])]
         lines.append(f"{r['name']:<24} {placed:<14} {','.join(r['runs_on']) or '-':<20} "
-                     f"{','.join(r['defined_on']) or '-':<20} {r['note']}".rstrip())
+                     f"{','.join(defined) or '-':<20} {r['note']}".rstrip())
     for host, held in seen.items():
         if isinstance(held, Exception):
             lines.append(f"\nhost {host} did not answer ({held}): what it holds is unknown")
@@ -96,7 +110,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     declared = merge(files, {}).domains  # name -> Declared (its file and spec)
     seen = asyncio.run(read_hosts(hosts, args.instance or default_instance(args.config_dir)))
     table = rows(declared, seen)
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps({"hosts": {h: (str(v) if isinstance(v, Exception) else "ok") for h, v in seen.items()},
                           "domains": table}, indent=2))
     else:

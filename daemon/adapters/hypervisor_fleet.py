@@ -33,6 +33,7 @@ class HeldDomain:
     arriving_from: str | None = None
     backings: tuple[tuple[str, str], ...] = ()  # a running domain's (disk file, its backing file)
     leaving_for: str | None = None  # its host is drained: where it goes
+    move_error: str | None = None  # why its last live migration failed
 
 
 class PeerUnreachable(Exception):
@@ -47,7 +48,8 @@ def _ours(dom: Any, instance: str) -> HeldDomain | None:
         return None
     running = dom.isActive() == 1
     return HeldDomain(dom.name(), running, owner.file, owner.arrival, owner.arriving_from,
-                      _backings(root) if running else (), owner.leaving_for if running else None)
+                      _backings(root) if running else (), owner.leaving_for if running else None,
+                      owner.move_error if running else None)
 
 
 def _backings(root: ET.Element) -> tuple[tuple[str, str], ...]:

@@ -275,7 +275,7 @@ def _plan_desired(p: _Pass) -> Plan:
             observed.owner.timeout != spec.shutdown_timeout or observed.owner.arrival is not None):
         actions.append(Action(Act.set_owner))  # (an arrival's marker, once no other host has it, goes)
     if observed is not None:
-        actions.extend(fleet_moves.leaving_mark(observed, None))  # a drain's marker, once it ended
+        actions.extend(fleet_moves.leaving_mark(observed, None, settled=True))  # a drain's marker, once it ended
     # libvirt keeps autostart across a redefine; a new (or transient) domain has none
     current_autostart = observed.autostart if observed is not None and observed.persistent else False
     if current_autostart != desired.autostart:

@@ -134,8 +134,9 @@ def plan_arrival(obs: DomainObservation, seed_action: Action | None, needs_defin
         return Plan(actions=(Action(Act.set_owner, detail=marker(runner.host, READY)),), phase=Phase.pending,
                     conditions=moving, requeue_after=MOVE_RECHECK,
                     message=f"arriving from host {runner.host!r}: ready")
+    failed = f"; its last try failed: {runner.move_error}" if runner.move_error else ""
     return Plan(phase=Phase.pending, conditions=moving, requeue_after=MOVE_RECHECK,
-                message=f"ready to receive it from host {runner.host!r}, which migrates it live")
+                message=f"ready to receive it from host {runner.host!r}, which migrates it live{failed}")
 
 
 def _prepare_overlays(overlays: tuple[OverlayState, ...], runner: PeerHold,
@@ -176,12 +177,14 @@ def arrived(desired: RenderedDomain, observed: ObservedDomain | None, host: str)
             and bool(owner.host) and not placement.is_me(owner.host or "", host))
 
 
-def leaving_mark(observed: ObservedDomain, where: str | None) -> tuple[Action, ...]:
+def leaving_mark(observed: ObservedDomain, where: str | None, *, settled: bool = False) -> tuple[Action, ...]:
     """The step that makes a running domain's live metadata name where it leaves for (its host is
-    drained), or name nothing (a marker it brought along, or of a drain that ended)."""
+    drained), or name nothing (a marker it brought along, or of a drain that ended); `settled`:
+    it runs where it belongs, so a failed move's error it brought along goes too."""
     live = observed.live_owner
     have = live.leaving_for if live is not None else None
-    if have == where or not observed.power.active:
+    stale_error = settled and live is not None and live.move_error is not None
+    if (have == where and not stale_error) or not observed.power.active:
         return ()
     return (Action(Act.mark_leaving, device=where),)
 

@@ -116,6 +116,7 @@ class PeerHold:
     arriving_from: str | None = None  # ... for a move from this host
     backings: tuple[tuple[str, str], ...] = ()  # a running domain's (overlay, base) pairs, from its live XML
     leaving_for: str | None = None  # it runs there, that host is drained, and it goes to this host
+    move_error: str | None = None  # why that host's last live migration of it failed
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,8 @@ in nvirtd's own XML namespace:
   there, "ready" once the old host may migrate it (core/fleet_moves.py). The migration
   brings the old host's definition, which has neither.
 - `leaving-for`, in the running instance's metadata only: its host is drained (`nvirtd drain`)
-  and it goes to this one, which prepares its arrival on seeing it.
+  and it goes to this one, which prepares its arrival on seeing it. `move-error`: why its last
+  live migration failed, for the host it was to go to to show.
 - `host`: the host whose libvirt wrote the definition the fingerprint is of. A definition a
   migration brought is another libvirt's: its new host records its own fingerprint of it.
 An object without the element is not nvirtd's and is never touched.
@@ -73,6 +74,7 @@ class Owner:
     arriving_from: str | None = None  # the host it moves from
     host: str | None = None  # the host whose libvirt the fingerprint is of (a fleet's moves)
     leaving_for: str | None = None  # live metadata only: its host is drained, it goes to this one
+    move_error: str | None = None  # live metadata only: why its last live migration failed
 
     @property
     def owned_by(self) -> str:
@@ -103,6 +105,8 @@ def owner_element(owner: Owner) -> ET.Element:
         el.set("host", owner.host)
     if owner.leaving_for:
         el.set("leaving-for", owner.leaving_for)
+    if owner.move_error:
+        el.set("move-error", owner.move_error)
     if owner.arrival is not None:
         el.set("arrival", owner.arrival)
         el.set("arriving-from", owner.arriving_from or "")
@@ -131,7 +135,7 @@ def _owner_of(el: ET.Element) -> Owner:
                  shutdown_timeout=_number(el.get("shutdown-timeout"), int),
                  shutdown_started=_number(el.get("shutdown-started"), float), live=el.get("live"),
                  arrival=el.get("arrival"), arriving_from=el.get("arriving-from"), host=el.get("host") or None,
-                 leaving_for=el.get("leaving-for") or None)
+                 leaving_for=el.get("leaving-for") or None, move_error=el.get("move-error") or None)
 
 
 def _number(text: str | None, kind: type) -> Any:

@@ -41,12 +41,13 @@ log = structlog.get_logger("nvirtd.domains")
 CONFIRMING_EVENTS = {Act.define: (DomainEvent.defined,), Act.start: (DomainEvent.resumed, DomainEvent.started)}
 _SIMPLE_OPS: dict[Act, Callable[[Action], DomainOp]] = {
     Act.set_autostart: lambda a: SetAutostart(bool(a.value)), Act.start: lambda a: Start(),
+    Act.start_paused: lambda a: Start(paused=True),
     Act.shutdown: lambda a: Shutdown(), Act.destroy: lambda a: Destroy(), Act.undefine: lambda a: Undefine(),
     Act.set_vcpus: lambda a: SetVcpus(int(a.size or 1)), Act.set_memory: lambda a: SetMemory(int(a.size or 0)),
 }
 LIBVIRT_ACTS = frozenset(_SIMPLE_OPS) | {Act.define, Act.set_owner, Act.mark_shutdown, Act.grow_disk_live,
                                          Act.attach_device, Act.detach_device, Act.set_live_owner, Act.adopt,
-                                         Act.mark_leaving}
+                                         Act.mark_leaving, Act.mark_cold}
 # actions after which the disks' report is read again (their files or sizes changed)
 _DISK_CHANGES = {Act.create_overlay, Act.recreate_overlay, Act.grow_overlay, Act.grow_disk_live}
 
@@ -205,6 +206,9 @@ class DomainKind:
             # never the persistent owner: its spec hash would hide that the guest runs an older definition
             live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
             return MarkShutdown(dataclasses.replace(live, shutdown_started=clock.wall()))
+        if action.kind == Act.mark_cold:  # started paused to move: it never ran (its new host powers it off)
+            assert observed is not None and observed.owner is not None
+            return SetLiveOwner(dataclasses.replace(observed.owner, cold=True))
         if action.kind == Act.mark_leaving:  # its host is drained: where it goes, for that host to see
             assert observed is not None
             live = observed.live_owner or Owner(file=observed.owner.file if observed.owner else "", spec_hash="")
@@ -245,7 +249,7 @@ class DomainKind:
         assert desired is not None
         if action.kind == Act.migrate:
             assert action.device is not None
-            await self.moves.migrate(name, desired, action.device)
+            await self.moves.migrate(name, desired, action.device, paused=bool(action.value))
             return
         if action.kind == Act.set_aside:
             assert action.disk is not None

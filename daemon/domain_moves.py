@@ -54,7 +54,7 @@ class Moves:
         if where is None:
             ask = observed is None or is_arrival(observed)
             hosts = list(self.peers) if ask else []
-        elif observed is not None and (observed.power.active or is_arrival(observed)):
+        elif observed is not None:  # it leaves from here: is that host ready?
             hosts = [where] if where in self.peers else []
         elif observed is None and here:
             hosts = list(self.peers)  # a copy left here by a move?
@@ -93,13 +93,13 @@ class Moves:
                         move_error=held.move_error)
 
     # ---- execute --------------------------------------------------------------------
-    async def migrate(self, name: str, desired: RenderedDomain | None, host: str) -> None:
+    async def migrate(self, name: str, desired: RenderedDomain | None, host: str, *, paused: bool = False) -> None:
         uri = self.peers.get(host)
         if uri is None or desired is None:
             raise PermanentError(f"no --peer names host {host!r}")
         spec = desired.spec.migration
         settings = MigrationSettings(timeout=float(spec.timeout), postcopy=spec.on_timeout == OnTimeout.postcopy,
-                                     auto_converge=spec.auto_converge, tls=spec.tls)
+                                     auto_converge=spec.auto_converge, tls=spec.tls, paused=paused)
         overlays = frozenset(path for _, path in self._overlay_paths(name, desired))
         log.info("domain_migrating", domain=name, to=host, uri=uri, overlays=sorted(overlays))
         try:
@@ -108,6 +108,10 @@ class Moves:
             await self._record_failure(name, str(exc))
             raise
         log.info("domain_migrated", domain=name, to=host)
+        # no QEMU here has them open now: kept aside at once (a stopped VM's new host does not
+        # run it, so the plan's own set-aside, which waits to see it run there, would not come)
+        for disk, _ in self._overlay_paths(name, desired):
+            self.set_aside(name, disk, f"moved-to-{host}")
 
     async def _record_failure(self, name: str, why: str) -> None:
         """Why the move failed, in the running VM's live metadata: the host it was to go to shows it."""

@@ -226,8 +226,10 @@ class FakeHypervisor(FakeNetworkOps):
                     self._persistent(name, "change the persistent config").config_owner = owner
                 case SetAutostart(on=on):
                     self._persistent(name, "set autostart").autostart = bool(on)
-                case Start():
+                case Start(paused=paused):
                     self._start(name)
+                    if paused:
+                        self._looked_at(name).power = Power.paused  # type: ignore[union-attr]
                 case MarkShutdown(owner=owner):
                     dom = self._looked_at(name)
                     if dom is not None and dom.power.active:

@@ -104,8 +104,8 @@ class DomainOps:
                     self._set_owner(name, owner)
                 case SetAutostart(on=on):
                     self._on_observed(name, lambda d: d.setAutostart(1 if on else 0))
-                case Start():
-                    self._start(name)
+                case Start(paused=paused):
+                    self._start(name, paused)
                 case MarkShutdown(owner=owner):
                     self._mark_shutdown(name, owner)
                 case Shutdown():
@@ -172,10 +172,10 @@ class DomainOps:
                     raise
         self._on_observed(name, mark, gone_is_done=True)
 
-    def _start(self, name: str) -> None:
+    def _start(self, name: str, paused: bool = False) -> None:
         def start(d: Any) -> None:
             try:
-                d.create()
+                d.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
             except libvirt.libvirtError:
                 # started by someone else since we looked (virsh start, libvirt's autostart):
                 # the error says "already running" (OPERATION_INVALID; INTERNAL_ERROR on the test driver)

@@ -36,6 +36,8 @@ def migrate_flags(settings: MigrationSettings) -> int:
         flags |= libvirt.VIR_MIGRATE_POSTCOPY
     if settings.tls:
         flags |= libvirt.VIR_MIGRATE_TLS
+    if settings.paused:
+        flags |= libvirt.VIR_MIGRATE_PAUSED
     return flags
 
 

@@ -48,7 +48,8 @@ class SetAutostart:
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Already running is done."""
+    """Already running is done. `paused`: its vCPUs do not run (a stopped VM's move, core/fleet_moves.py)."""
+    paused: bool = False
     counter: ClassVar[str] = "start"
 
 
@@ -136,6 +137,7 @@ class MigrationSettings:
     postcopy: bool = False  # past the timeout, switch to post-copy instead of aborting
     auto_converge: bool = True  # throttle the guest's vCPUs if its memory changes faster than it is sent
     tls: bool = False  # QEMU's migration stream over TLS (libvirt's migrate_tls_* settings)
+    paused: bool = False  # it stays paused on the destination (a stopped VM, started paused to move)
 
 
 @dataclass(slots=True)

@@ -34,6 +34,9 @@ def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now
     if observed is not None and observed.power == Power.migrating:  # libvirt's, on both hosts, until it ends
         return Plan(phase=Phase.pending, conditions=frozenset({Condition.moving}), requeue_after=MIGRATING_RECHECK,
                     message="a live migration is under way")
+    cold = fleet_moves.cold_arrival(observed) if wanted.elsewhere is None else None
+    if cold is not None:
+        return cold
     if wanted.elsewhere is not None:  # neither started nor removed here; moved there if it runs here
         if wanted.obj is not None and fleet_moves.comes_here(obs, wanted.host):  # its host is drained
             arrival = fleet_moves.plan_arrival(obs, Action(Act.write_seed) if obs.seed_missing else None,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from . import placement
 from .domain_xml import RenderedDomain
-from .observed import DomainObservation, ObservedDomain, OverlayState, PeerHold
+from .observed import DomainObservation, ObservedDomain, OverlayState, PeerHold, Power
 from .plan import MIN_WAIT, Act, Action, Condition, Phase, Plan
 from .record import Wanted
 
@@ -65,10 +65,18 @@ def plan_elsewhere(wanted: Wanted, obs: DomainObservation, held_phase: Phase) ->
         # overlays, empty, are kept aside once the VM runs elsewhere)
         return Plan(actions=(Action(Act.undefine),), phase=Phase.removed, conditions=elsewhere,
                     message=f"{placement.describe(where)}: the arrival prepared here is undefined")
+    if not observed.power.active and where != placement.UNPLACED:
+        dest = obs.peer(where)
+        if dest is not None and dest.reachable and not dest.running:
+            # a stopped VM moves live too, paused from its start to its end: its guest never runs
+            return Plan(actions=(Action(Act.start_paused), Action(Act.mark_cold)), phase=held_phase,
+                        conditions=moving, requeue_after=MOVE_RECHECK,
+                        message=f"stopped here, placed on host {where!r}: started paused (its guest does not "
+                                "run) to move it, disks and all, by live migration")
     if not observed.power.active or where == placement.UNPLACED:
         return Plan(phase=held_phase, conditions=elsewhere, message=placement.describe(where)
-                    + ("; it is stopped here: a stopped VM is not moved (start it to move it live, or move "
-                       "its disks by hand)" if not observed.power.active and where != placement.UNPLACED else ""))
+                    + (f"; stopped here: it moves once host {where!r} can be asked (--peer)"
+                       if not observed.power.active and where != placement.UNPLACED else ""))
     dest = obs.peer(where)
     if dest is None:
         return Plan(phase=held_phase, conditions=elsewhere,
@@ -85,8 +93,9 @@ def plan_elsewhere(wanted: Wanted, obs: DomainObservation, held_phase: Phase) ->
     drained = "this host is drained: " if wanted.drained else ""
     if dest.held and dest.arrival == READY and dest.arriving_from is not None and placement.is_me(
             dest.arriving_from, wanted.host):
-        return Plan(actions=(Action(Act.migrate, device=where),), phase=held_phase, conditions=moving,
-                    message=f"{drained}moving to host {where!r} (live migration)")
+        cold = observed.live_owner is not None and observed.live_owner.cold
+        return Plan(actions=(Action(Act.migrate, device=where, value=cold),), phase=held_phase, conditions=moving,
+                    message=f"{drained}moving to host {where!r} (live migration{', paused' if cold else ''})")
     mark = leaving_mark(observed, where if wanted.drained else None)  # what tells that host to prepare for it
     return Plan(actions=mark, phase=held_phase, conditions=moving, requeue_after=MOVE_RECHECK,
                 message=f"{drained or 'placed on host ' + repr(where) + ': '}runs here until {where} has its disks "
@@ -175,6 +184,15 @@ def arrived(desired: RenderedDomain, observed: ObservedDomain | None, host: str)
     return (owner is not None and observed is not None and observed.persistent
             and owner.spec_hash == desired.spec_hash and owner.fingerprint != observed.fingerprint
             and bool(owner.host) and not placement.is_me(owner.host or "", host))
+
+
+def cold_arrival(observed: ObservedDomain | None) -> Plan | None:
+    """A stopped VM that moved here paused (its guest never ran): powered off, as it was."""
+    live = observed.live_owner if observed is not None else None
+    if observed is None or observed.power != Power.paused or live is None or not live.cold:
+        return None
+    return Plan(actions=(Action(Act.destroy),), phase=Phase.stopping, requeue_after=MIN_WAIT,
+                message="it moved here stopped (paused from start to end, its guest never ran): powered off")
 
 
 def leaving_mark(observed: ObservedDomain, where: str | None, *, settled: bool = False) -> tuple[Action, ...]:

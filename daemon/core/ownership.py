@@ -34,7 +34,8 @@ in nvirtd's own XML namespace:
   brings the old host's definition, which has neither.
 - `leaving-for`, in the running instance's metadata only: its host is drained (`nvirtd drain`)
   and it goes to this one, which prepares its arrival on seeing it. `move-error`: why its last
-  live migration failed, for the host it was to go to to show.
+  live migration failed, for the host it was to go to to show. `cold`: a stopped VM started
+  paused only to move it: its guest never ran, and its new host powers it off.
 - `host`: the host whose libvirt wrote the definition the fingerprint is of. A definition a
   migration brought is another libvirt's: its new host records its own fingerprint of it.
 An object without the element is not nvirtd's and is never touched.
@@ -75,6 +76,7 @@ class Owner:
     host: str | None = None  # the host whose libvirt the fingerprint is of (a fleet's moves)
     leaving_for: str | None = None  # live metadata only: its host is drained, it goes to this one
     move_error: str | None = None  # live metadata only: why its last live migration failed
+    cold: bool = False  # live metadata only: a stopped VM started paused to move it (it never ran)
 
     @property
     def owned_by(self) -> str:
@@ -107,6 +109,8 @@ def owner_element(owner: Owner) -> ET.Element:
         el.set("leaving-for", owner.leaving_for)
     if owner.move_error:
         el.set("move-error", owner.move_error)
+    if owner.cold:
+        el.set("cold", "1")
     if owner.arrival is not None:
         el.set("arrival", owner.arrival)
         el.set("arriving-from", owner.arriving_from or "")
@@ -135,7 +139,8 @@ def _owner_of(el: ET.Element) -> Owner:
                  shutdown_timeout=_number(el.get("shutdown-timeout"), int),
                  shutdown_started=_number(el.get("shutdown-started"), float), live=el.get("live"),
                  arrival=el.get("arrival"), arriving_from=el.get("arriving-from"), host=el.get("host") or None,
-                 leaving_for=el.get("leaving-for") or None, move_error=el.get("move-error") or None)
+                 leaving_for=el.get("leaving-for") or None, move_error=el.get("move-error") or None,
+                 cold=el.get("cold") == "1")
 
 
 def _number(text: str | None, kind: type) -> Any:

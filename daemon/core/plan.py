@@ -75,7 +75,9 @@ class Act(StrEnum):
     detach_device = "detach-device"  # asks the guest to release it: confirmed later
     set_live_owner = "set-live-owner"  # the running instance's owner element: what it has now
     # a fleet's moves (core/fleet_moves.py)
-    migrate = "migrate"  # live, to the host in `device`
+    migrate = "migrate"  # live, to the host in `device` (value: it stays paused there)
+    start_paused = "start-paused"  # a stopped VM to move: its vCPUs never run
+    mark_cold = "mark-cold"  # ... and its live metadata says so, for its new host
     set_aside = "set-aside"  # an overlay another host's VM has moved on from: renamed, kept
     mark_leaving = "mark-leaving"  # its host is drained: the live metadata names where it goes
     adopt = "adopt"  # a definition a migration brought: this host's fingerprint of it recorded (metadata)

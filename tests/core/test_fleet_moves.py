@@ -139,9 +139,24 @@ def test_after_the_move_h1_keeps_its_old_overlay_aside_once_h2_runs_it():
     assert kinds(gone) == []  # nobody runs it: the overlay may be the only copy, left where it is
 
 
-def test_a_stopped_vm_placed_elsewhere_is_left_as_it_is_and_the_status_says_why():
+def test_a_stopped_vm_moves_live_too_paused_from_start_to_end():
+    stopped = observed(D, power=Power.shutoff)
+    plan = on("h1", DomainObservation(stopped, peers=(PeerHold("h2"),)), elsewhere="h2")
+    assert kinds(plan) == [Act.start_paused, Act.mark_cold] and "its guest does not run" in plan.message
+    paused = dataclasses.replace(stopped, power=Power.paused,
+                                 live_owner=dataclasses.replace(stopped.owner, cold=True))
+    ready = PeerHold("h2", held=True, arrival="ready", arriving_from="h1")
+    moves = on("h1", DomainObservation(paused, peers=(ready,)), elsewhere="h2")
+    assert kinds(moves) == [Act.migrate] and moves.actions[0].value is True  # it stays paused there
+    arrived = on("h2", DomainObservation(paused, overlays=(overlay(True),)))
+    assert kinds(arrived) == [Act.destroy] and "never ran" in arrived.message  # powered off, as it was
+    user_paused = dataclasses.replace(paused, live_owner=stopped.owner)  # paused by hand: left paused
+    assert Act.destroy not in kinds(on("h2", DomainObservation(user_paused, overlays=(overlay(True),))))
+
+
+def test_a_stopped_vm_whose_new_host_cannot_be_asked_is_left_as_it_is_and_the_status_says_why():
     plan = on("h1", DomainObservation(observed(D, power=Power.shutoff)), elsewhere="h2")
-    assert kinds(plan) == [] and "a stopped VM is not moved" in plan.message
+    assert kinds(plan) == [] and "it moves once host 'h2' can be asked" in plan.message
 
 
 def test_an_arrival_the_config_no_longer_wants_is_undefined_and_nothing_else():

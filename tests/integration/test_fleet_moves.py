@@ -12,6 +12,7 @@ redefining it.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -45,6 +46,12 @@ def wait(predicate, timeout: float, what: str) -> float:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def phase(host) -> str | None:
+    """The VM's phase in the host's `nvirtd status --json`."""
+    out = host.nvirtd("status", "--state-dir", "/var/lib/nvirtd", "--json", "--no-addresses", timeout=30)
+    return next((e["phase"] for e in json.loads(out.stdout)["domains"] if e["name"] == NAME), None)
+
+
 def counts(text: str) -> list[int]:
     return [int(n) for n in COUNT.findall(text)]
 
@@ -58,13 +65,13 @@ def disk_line(path, sector: int = 0) -> str:
     return data.split(b"\n", 1)[0].decode(errors="replace")
 
 
-def config(tmp_path, guest, on: str) -> dict:
+def config(tmp_path, guest, on: str, **extra) -> dict:
     nix = tmp_path / "move.nix"
     nix.write_text(f'# {tmp_path}\n{{ ... }}: {{ networking.hostName = "{NAME}"; }}\n')
     spec = domain(128, host=on, hosts=["h2" if on == "h1" else "h1"], virtType="qemu", consoleLog=True, shutdownTimeout=1,
                   boot={"kernel": str(guest / "vmlinuz"), "initrd": str(guest / "initrd.gz"),
                         "cmdline": "console=ttyS0 quiet nvirtd.count"},
-                  disks={"root": {"type": "nix", "path": str(nix)}})
+                  disks={"root": {"type": "nix", "path": str(nix)}}, **extra)
     return {"domains": {NAME: spec}}
 
 
@@ -120,3 +127,16 @@ def test_a_running_vm_whose_host_changes_moves_live_and_keeps_its_data(hosts, gu
     assert undone.returncode == 0 and "no longer drained" in undone.stdout
     wait(lambda: h2.runs(NAME) and not h1.holds(NAME), 60, "the VM back on h2")
     assert disk_line(h2.root / "images" / f"{NAME}-root.qcow2", 1) == f"NVIRTD-BOOT {boot}"
+
+    # a stopped VM moves too: started paused (its guest never runs), migrated, powered off
+    write_json(cfg / "fleet.json", config(tmp_path, guest, "h2", state="stopped"))
+    wait(lambda: h2.holds(NAME) and not h2.runs(NAME), 30, "the VM stopped on h2")
+    write_json(cfg / "fleet.json", config(tmp_path, guest, "h1", state="stopped"))
+    wait(lambda: h1.holds(NAME) and not h1.runs(NAME) and not h2.holds(NAME), 60, "the stopped VM moved to h1")
+    assert disk_line(h1.root / "images" / f"{NAME}-root.qcow2", 1) == f"NVIRTD-BOOT {boot}"
+    assert h1.console(NAME).count("NVIRTD-BOOT") == 1  # its guest never ran on the way
+    assert not (h2.root / "images" / f"{NAME}-root.qcow2").exists()  # h2's kept aside
+    wait(lambda: phase(h1) == "stopped", 15, "h1 settled on the stopped VM")
+    done = [a for p in h1.passes(NAME) for a in p["actions"]]
+    after = done[len(done) - done[::-1].index("destroy"):]
+    assert not {"define", "start"} & set(after), done  # no redefine, no start

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from . import placement
 from .domain_xml import RenderedDomain
-from .observed import DomainObservation, ObservedDomain, OverlayState, PeerHold, Power
+from .observed import BuildPhase, DomainObservation, ObservedDomain, OverlayState, PeerHold, Power
 from .plan import MIN_WAIT, Act, Action, Condition, Phase, Plan
 from .record import Wanted
 
@@ -162,8 +162,12 @@ def _prepare_overlays(overlays: tuple[OverlayState, ...], runner: PeerHold,
             waiting.append(f"disk {ov.disk}: host {runner.host!r} runs it with no overlay {ov.overlay}, so it "
                            "cannot move live (are the two hosts' images directories the same?)")
         elif base not in bases_here:
-            waiting.append(f"disk {ov.disk}: its base {base} is not on this host yet (copy it here: `nix copy "
-                           f"--to ssh://THIS-HOST {base}` on {runner.host}, or build the same configuration)")
+            if ov.settings == "nix" and ov.build.phase == BuildPhase.idle:  # the same config builds the same path
+                actions.append(Action(Act.build_image, disk=ov.disk))
+            building = " (building its configuration here)" if ov.build.phase == BuildPhase.building else ""
+            waiting.append(f"disk {ov.disk}: its base {base} is not on this host yet{building}: copy it here "
+                           f"(`nix copy --to ssh://THIS-HOST {base}` on {runner.host}), or build the same "
+                           "configuration")
         else:
             actions.append(Action(Act.create_overlay, disk=ov.disk, image=base))
     return actions, waiting

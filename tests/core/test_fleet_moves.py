@@ -56,6 +56,9 @@ def test_h2_then_makes_the_overlay_on_h1s_very_base():
 def test_h2_waits_for_the_base_when_it_does_not_have_it_and_says_how_to_copy_it():
     plan = on("h2", DomainObservation(arrival(), overlays=(overlay(False),), peers=(H1_RUNS,)))
     assert kinds(plan) == [] and "nix copy" in plan.message and BASE in plan.message
+    unbuilt = dataclasses.replace(overlay(False), build=BuildState())  # the same config builds the same path
+    builds = on("h2", DomainObservation(arrival(), overlays=(unbuilt,), peers=(H1_RUNS,)))
+    assert kinds(builds) == [Act.build_image] and "nix copy" in builds.message
 
 
 def test_h2_marks_it_ready_once_the_disks_are_there_and_then_only_waits():

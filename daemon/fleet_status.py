@@ -77,8 +77,8 @@ def _note(declared: bool, fleet: bool, placed: str | None, runs: list[str], defi
             return f"{why}: moving to {target}, which prepares its disks"
         return f"runs on {runs[0]}, {why}: to be moved live ({target} prepares it first)"
     if placed and defined and placed not in defined and not runs:
-        return (f"stopped on {', '.join(defined)}, placed on {placed}: a stopped VM is not moved (start it to "
-                "move it live)")
+        return (f"stopped on {', '.join(defined)}, placed on {placed}: to be moved (started paused there, its "
+                "guest never runs, and migrated)")
     if not runs and not defined:
         return "on no host (yet)" if all_answered else "on no host that answered"
     return ""

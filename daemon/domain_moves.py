@@ -99,7 +99,8 @@ class Moves:
             raise PermanentError(f"no --peer names host {host!r}")
         spec = desired.spec.migration
         settings = MigrationSettings(timeout=float(spec.timeout), postcopy=spec.on_timeout == OnTimeout.postcopy,
-                                     auto_converge=spec.auto_converge, tls=spec.tls, paused=paused)
+                                     auto_converge=spec.auto_converge, tls=spec.tls, paused=paused,
+                                     bandwidth=spec.bandwidth)
         overlays = frozenset(path for _, path in self._overlay_paths(name, desired))
         log.info("domain_migrating", domain=name, to=host, uri=uri, overlays=sorted(overlays))
         try:

@@ -55,6 +55,7 @@ LIBVIRT: dict[str, str] = {
     "domains.<name>.migration.onTimeout": "postcopy: `VIR_MIGRATE_POSTCOPY`, then `virDomainMigrateStartPostCopy`",
     "domains.<name>.migration.autoConverge": "`VIR_MIGRATE_AUTO_CONVERGE`",
     "domains.<name>.migration.tls": "`VIR_MIGRATE_TLS`",
+    "domains.<name>.migration.bandwidth": "`VIR_MIGRATE_PARAM_BANDWIDTH` (MiB/s; libvirt applies it to the disks' copy too)",
     "domains.<name>.startAfterAgent": "(nvirtd policy: `guest-ping` through `virDomainQemuAgentCommand`)",
     "domains.<name>.disks.<name>.nix": "",
     "domains.<name>.disks.<name>.nix.flake": "(what builds the base image: `nix build FLAKEREF#...`)",

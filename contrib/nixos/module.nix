@@ -62,6 +62,7 @@ let
       onTimeout = opt (types.enum [ "abort" "postcopy" ]) "abort" "abort: it goes on running where it was, tried again later; postcopy: it switches to the new host and fetches the rest of its memory from the old one.";
       autoConverge = opt types.bool true "Slow the guest's vCPUs down when its memory changes faster than it is copied.";
       tls = opt types.bool false "Encrypt the migration stream (libvirt's migrate_tls_* settings on both hosts).";
+      bandwidth = opt (nullOr (types.ints.between 1 1000000)) null "MiB/s the migration may use, memory and disks (null: no limit).";
     };
   };
   # end schema

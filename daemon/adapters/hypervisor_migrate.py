@@ -64,6 +64,8 @@ class Migrations:
         dom = await self._run(lambda: self._c().lookupByName(name))
         targets = disk_targets(await self._run(dom.XMLDesc, 0), overlays)
         params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: targets} if targets else {}
+        if settings.bandwidth:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = settings.bandwidth
         flags = migrate_flags(settings)
 
         def move() -> None:

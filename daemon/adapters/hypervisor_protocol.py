@@ -138,6 +138,7 @@ class MigrationSettings:
     auto_converge: bool = True  # throttle the guest's vCPUs if its memory changes faster than it is sent
     tls: bool = False  # QEMU's migration stream over TLS (libvirt's migrate_tls_* settings)
     paused: bool = False  # it stays paused on the destination (a stopped VM, started paused to move)
+    bandwidth: int | None = None  # MiB/s, for memory and disks; None: no limit
 
 
 @dataclass(slots=True)

@@ -27,6 +27,9 @@ class Migration(Model):
         True, description="Slow the guest's vCPUs down when its memory changes faster than it can be copied.")
     tls: bool = Field(
         False, description="Encrypt the migration stream (libvirt's migrate_tls_* settings on both hosts).")
+    bandwidth: int | None = Field(
+        None, ge=1, le=1_000_000, description="MiB/s the migration may use, memory and disks (default: as fast "
+        "as the network goes).")
 
 
 class Evacuate(StrEnum):

@@ -29,12 +29,21 @@ COUNT = re.compile(r"^NVIRTD-COUNT (\d+)\r?$", re.M)
 
 
 @pytest.fixture(scope="module")
-def hosts():
+def fleet_hosts():
     hosts = fleet_up()
     yield hosts
     for host in hosts.values():
         host.close()
     fleet_down()
+
+
+@pytest.fixture
+def hosts(fleet_hosts):
+    """The two hosts, with no daemon and no nvt-* domain left after the test."""
+    yield fleet_hosts
+    for host in fleet_hosts.values():
+        host.stop_daemon()
+        host.clean()
 
 
 def wait(predicate, timeout: float, what: str) -> float:
@@ -48,8 +57,7 @@ def wait(predicate, timeout: float, what: str) -> float:
 
 def phase(host) -> str | None:
     """The VM's phase in the host's `nvirtd status --json`."""
-    out = host.nvirtd("status", "--state-dir", "/var/lib/nvirtd", "--json", "--no-addresses", timeout=30)
-    return next((e["phase"] for e in json.loads(out.stdout)["domains"] if e["name"] == NAME), None)
+    return entry(host).get("phase")
 
 
 def counts(text: str) -> list[int]:
@@ -140,3 +148,33 @@ def test_a_running_vm_whose_host_changes_moves_live_and_keeps_its_data(hosts, gu
     done = [a for p in h1.passes(NAME) for a in p["actions"]]
     after = done[len(done) - done[::-1].index("destroy"):]
     assert not {"define", "start"} & set(after), done  # no redefine, no start
+
+
+def test_a_migration_past_its_timeout_is_aborted_and_the_vm_runs_on_where_it_was(hosts, guest, tmp_path):
+    h1, h2 = hosts["h1"], hosts["h2"]
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    slow = {"timeout": 10, "bandwidth": 1}  # 1 MiB/s: the guest's memory takes far longer than 10 s
+    write_json(cfg / "fleet.json", config(tmp_path, guest, "h1", migration=slow))
+    build = ("sh", "-c", f'exec nix-build {FAKE} --no-out-link --arg configuration "$0"', "{path}")
+    h1.start_daemon(cfg, {"h2": peer_uri("h2")}, build, nix_env(), tmp_path / "h1.log")
+    h2.start_daemon(cfg, {"h1": peer_uri("h1")}, build, nix_env(), tmp_path / "h2.log")
+    wait(lambda: len(counts(h1.console(NAME))) >= 5, 120, "the guest counting on h1")
+
+    write_json(cfg / "fleet.json", config(tmp_path, guest, "h2", migration=slow))
+    wait(lambda: "did not finish within 10 s" in (entry(h1).get("error") or ""), 60, "the aborted migration")
+    assert "aborted); libvirt leaves the VM running here as it was" in entry(h1)["error"]
+    assert h1.runs(NAME) and h2.holds(NAME) and not h2.runs(NAME)  # where it was; h2 still ready
+    wait(lambda: "its last try failed: the live migration did not finish" in (entry(h2).get("message") or ""), 15,
+         "the reason in h2's status too")
+    counted = max(counts(h1.console(NAME)))
+    wait(lambda: max(counts(h1.console(NAME))) > counted + 5, 15, "the guest counting on, on h1")
+    assert h1.console(NAME).count("NVIRTD-BOOT") == 1
+
+    write_json(cfg / "fleet.json", config(tmp_path, guest, "h2"))  # no limit: the next try goes through
+    wait(lambda: h2.runs(NAME) and not h1.holds(NAME), 90, "the VM on h2 after the limit went")
+
+
+def entry(host) -> dict:
+    out = host.nvirtd("status", "--state-dir", "/var/lib/nvirtd", "--json", "--no-addresses", timeout=30)
+    return next((e for e in json.loads(out.stdout)["domains"] if e["name"] == NAME), {})

@@ -150,11 +150,6 @@ class ConfigStore:
             return desired.domains.get(key.name) or self._elsewhere_rendered.get(key.name)
         return desired.networks.get(key.name)
 
-    def alternatives(self, name: str) -> tuple[str, ...]:
-        """The hosts a domain placed elsewhere goes to while its host is drained."""
-        d = self._elsewhere_rendered.get(name)
-        return tuple(d.spec.hosts) if d is not None else ()
-
     def placed_elsewhere(self, name: str) -> str | None:
         """The host a fleet's config places domain `name` on, when it is not this one."""
         return self.elsewhere.get(name)

@@ -48,7 +48,7 @@ def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now
     if wanted.obj is None:
         return _plan_removal(observed, obs, shutdown, now)
     plan = _plan_desired(_Pass(wanted.obj, obs, shutdown, now, start_not_before(record), wanted.instance,
-                                      wanted.host))
+                               wanted.host))
     retry = _build_retry(obs, now.mono)
     if retry is not None and (plan.requeue_after is None or retry < plan.requeue_after):
         plan = dataclasses.replace(plan, requeue_after=retry)

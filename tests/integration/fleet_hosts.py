@@ -45,6 +45,13 @@ class Host:
         except libvirt.libvirtError:
             return False
 
+    def guest_runs(self, name: str) -> bool:
+        """Whether its guest runs here (not only an incoming migration's paused domain)."""
+        try:
+            return self.conn.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        except libvirt.libvirtError:
+            return False
+
     def holds(self, name: str) -> bool:
         try:
             self.conn.lookupByName(name)

@@ -244,17 +244,26 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+def running_daemon(state_dir: str) -> tuple[dict, int] | None:
+    """The running daemon's status and pid, or None (said on stderr)."""
+    data = _load_status(state_dir)
+    if data is None:
+        return None
+    pid = data.get("daemon", {}).get("pid")
+    if not _alive(pid):
+        print("nvirtd: nvirtd is not running", file=sys.stderr)
+        return None
+    return data, pid
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Synchronous reload for ExecReload= on systemd < 253: signal, then wait until the
     daemon has read the config and reconciled what changed once."""
     state_dir = state_dir_of(args)
-    data = _load_status(state_dir)
-    if data is None:
+    running = running_daemon(state_dir)
+    if running is None:
         return EXIT_ERROR
-    pid = data.get("daemon", {}).get("pid")
-    if not _alive(pid):
-        print("nvirtd: nvirtd is not running", file=sys.stderr)
-        return EXIT_ERROR
+    pid = running[1]
     sent = time.time()
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + args.timeout

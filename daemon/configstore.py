@@ -68,8 +68,7 @@ class ConfigStore:
         self._after: dict[str, tuple[str, ...]] = {}
         self.elsewhere: dict[str, str] = {}  # a fleet's domains placed on other hosts: name -> host
         self._elsewhere_rendered: dict[str, Any] = {}
-        self.drained = False  # `nvirtd drain`: this host's domains go to their alternatives, or stop
-        self._evacuated: set[str] = set()
+        self._evacuated: set[str] = set()  # `nvirtd drain`: this host's domains that go to an alternative
         self._dependents: dict[str, tuple[str, ...]] = {}
 
     async def reload(self, *, explicit: bool) -> Reloaded:
@@ -108,9 +107,8 @@ class ConfigStore:
         rendered = render_all(state, self.ctx, previous)
         # a fleet's config: the domains placed on other hosts are theirs (checked fleet-wide above)
         self.elsewhere = placement.placed_elsewhere(rendered.domains, self.settings.host)
-        self.drained = is_drained(self.settings.state_dir)
-        moves, stops = placement.drained(rendered.domains, self.settings.host,
-                                         [h for h, _ in self.settings.peers]) if self.drained else ({}, set())
+        moves, stops = placement.drained(rendered.domains, self.settings.host, [h for h, _ in self.settings.peers]
+                                         ) if is_drained(self.settings.state_dir) else ({}, set())
         self.elsewhere.update(moves)  # while drained: placed on its first alternative
         self._evacuated = set(moves)
         if stops:  # while drained: stopped, and no autostart (started again once no longer drained)

@@ -50,17 +50,18 @@ class Moves:
         if not self.peers or desired is None:
             return {}
         where = self.placed_elsewhere(name)
-        here = [p for p in self._overlay_paths(name, desired) if os.path.exists(p[1])]
+        # overlays here of a domain not defined here: only then is a file looked at
+        here = [p for p in self._overlay_paths(name, desired) if os.path.exists(p[1])] if observed is None else []
         if where is None:
             ask = observed is None or is_arrival(observed)
             hosts = list(self.peers) if ask else []
         elif observed is not None:  # it leaves from here: is that host ready?
             hosts = [where] if where in self.peers else []
-        elif observed is None and here:
+        elif here:
             hosts = list(self.peers)  # a copy left here by a move?
         else:  # an alternative of a host that may be drained: does its VM come here?
             mine = any(is_me(h, self.host) for h in desired.spec.hosts)
-            hosts = [where] if observed is None and mine and where in self.peers else []
+            hosts = [where] if mine and where in self.peers else []
         if not hosts:
             return {}
         peers = tuple([await self._ask(host, name) for host in hosts])

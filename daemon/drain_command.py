@@ -19,7 +19,8 @@ import time
 
 from . import status as status_mod
 from .cliargs import EXIT_ERROR, EXIT_OK, state_dir_of
-from .commands import _alive, _load_status
+from .commands import running_daemon
+from .core import placement
 from .configstore import DRAINED_FILE
 
 POLL = 0.5
@@ -27,18 +28,14 @@ POLL = 0.5
 
 def cmd_drain(args: argparse.Namespace) -> int:
     state_dir = state_dir_of(args)
-    data = _load_status(state_dir)
-    if data is None:
+    running = running_daemon(state_dir)
+    if running is None:
         return EXIT_ERROR
-    daemon = data.get("daemon", {})
-    here = daemon.get("host") or "?"
-    if args.host is not None and args.host not in (here, here.split(".", 1)[0]):
+    data, pid = running
+    here = data.get("daemon", {}).get("host") or "?"
+    if args.host is not None and not placement.is_me(args.host, here):
         print(f"nvirtd: this is host {here!r}: run `nvirtd drain {args.host}` on {args.host} (each host's daemon "
               "moves its own VMs)", file=sys.stderr)
-        return EXIT_ERROR
-    pid = daemon.get("pid")
-    if not _alive(pid):
-        print("nvirtd: nvirtd is not running", file=sys.stderr)
         return EXIT_ERROR
     marker = os.path.join(state_dir, DRAINED_FILE)
     if args.undo:

@@ -39,8 +39,7 @@ def plan_domain(wanted: Wanted, obs: DomainObservation, record: Record, now: Now
         return cold
     if wanted.elsewhere is not None:  # neither started nor removed here; moved there if it runs here
         if wanted.obj is not None and fleet_moves.comes_here(obs, wanted.host):  # its host is drained
-            arrival = fleet_moves.plan_arrival(obs, Action(Act.write_seed) if obs.seed_missing else None,
-                                               _needs_define(wanted.obj, observed))
+            arrival = _plan_arrival(wanted.obj, obs)
             if arrival is not None:
                 return _veto_missing_paths(arrival, obs) if obs.missing_paths else arrival
         return fleet_moves.plan_elsewhere(wanted, obs, _phase_of(observed))
@@ -242,12 +241,16 @@ def _needs_define(desired: RenderedDomain, observed: ObservedDomain | None) -> b
             or observed.owner.fingerprint is None or observed.owner.fingerprint != observed.fingerprint)
 
 
+def _plan_arrival(desired: RenderedDomain, obs: DomainObservation) -> Plan | None:
+    return fleet_moves.plan_arrival(obs, Action(Act.write_seed) if obs.seed_missing else None,
+                                    _needs_define(desired, obs.domain))
+
+
 def _plan_desired(p: _Pass) -> Plan:
     desired, observed, now = p.desired, p.observed, p.now.mono
     spec = desired.spec
     if p.obs.peers or fleet_moves.is_arrival(observed):  # another host may run it: received from there
-        arrival = fleet_moves.plan_arrival(p.obs, Action(Act.write_seed) if p.obs.seed_missing else None,
-                                           _needs_define(desired, observed))
+        arrival = _plan_arrival(desired, p.obs)
         if arrival is not None:
             return arrival
     actions, conditions, message, blocked, needs_stop = _plan_images(p)

@@ -53,7 +53,7 @@ def plan_elsewhere(wanted: Wanted, obs: DomainObservation, held_phase: Phase) ->
     if observed is None:
         runner = obs.runs_on()
         if runner is not None and obs.stale_overlays:
-            return _set_aside(obs.stale_overlays, runner.host, Phase.removed, elsewhere)
+            return _set_aside(obs.stale_overlays, f"moved-to-{runner.host}", Phase.removed, elsewhere)
         spec = getattr(wanted.obj, "spec", None)
         alternative = spec is not None and any(placement.is_me(h, wanted.host) for h in spec.hosts)
         # an alternative host looks again now and then: its VMs come here while their host is drained
@@ -173,8 +173,7 @@ def _prepare_overlays(overlays: tuple[OverlayState, ...], runner: PeerHold,
     return actions, waiting
 
 
-def _set_aside(disks: tuple[str, ...], why: str, phase: Phase, conditions: frozenset[Condition]) -> Plan:
-    reason = f"moved-to-{why}" if why != "older" else "older"
+def _set_aside(disks: tuple[str, ...], reason: str, phase: Phase, conditions: frozenset[Condition]) -> Plan:
     return Plan(actions=tuple(Action(Act.set_aside, disk=d, detail=reason) for d in disks), phase=phase,
                 conditions=conditions, requeue_after=MIN_WAIT,  # no event follows a rename: look again
                 message=f"another host runs it: its overlays here are kept aside ({reason}), never deleted")

@@ -33,6 +33,7 @@ import libvirt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.coldstart import compile_bytecode  # noqa: E402
 from daemon.core.domain_xml import RenderContext, render_domain  # noqa: E402
 from daemon.core.spec import Domain, VirtType  # noqa: E402
 
@@ -129,6 +130,7 @@ def main() -> None:
     p.add_argument("--domains", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
+    compile_bytecode()
     libvirt.registerErrorHandler(lambda *_: None, None)
     conn = libvirt.open(URI)
     domains = xmls(args.domains)

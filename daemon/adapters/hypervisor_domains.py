@@ -103,7 +103,8 @@ class DomainOps:
                 case SetOwner(owner=owner):
                     self._set_owner(name, owner)
                 case SetAutostart(on=on):
-                    self._on_observed(name, lambda d: d.setAutostart(1 if on else 0))
+                    if not self._fingerprints.add_autostart(name, on):  # just defined: set with its record
+                        self._on_observed(name, lambda d: d.setAutostart(1 if on else 0))
                 case Start(paused=paused):
                     self._start(name, paused)
                 case MarkShutdown(owner=owner):

@@ -18,6 +18,12 @@ for a moment, or at the latest before anything looks at that domain or changes i
   so a restart finds every fingerprint in place (0 mutating calls);
 - a record that fails stays pending: the next look of that domain tries again and
   reports the error like any other; a domain that is gone needs none.
+
+The autostart flag of a domain just defined waits with its record, for the same
+reason (one call in four of a cold start; libvirt writes a link for it): it matters
+when the host boots without nvirtd, and READY=1 comes after it. Until then any look at
+the domain writes it first; if nvirtd is killed before, the next start finds autostart
+off and sets it, a repair like any other.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class PendingFingerprints:
     def __init__(self, record: Callable[[Any, Owner], None] = record_owner) -> None:
         self._record = record
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[Any, Owner]] = {}
+        self._pending: dict[str, tuple[Any, Owner, bool | None]] = {}  # name -> (handle, owner, autostart)
         self._writing: dict[str, threading.Event] = {}
         self._generation = 0  # a clear() (the connection went) makes older records void
 
@@ -65,7 +71,17 @@ class PendingFingerprints:
     def add(self, name: str, dom: Any, owner: Owner) -> None:
         """`owner` carries the fingerprint already; what waits is writing it."""
         with self._lock:
-            self._pending[name] = (dom, owner)
+            self._pending[name] = (dom, owner, None)
+
+    def add_autostart(self, name: str, on: bool) -> bool:
+        """Let the autostart flag of a domain whose record waits be set with it; False when
+        none waits (the flag is then set at once)."""
+        with self._lock:
+            item = self._pending.get(name)
+            if item is None:
+                return False
+            self._pending[name] = (item[0], item[1], on)
+            return True
 
     def clear(self) -> None:
         with self._lock:
@@ -87,8 +103,11 @@ class PendingFingerprints:
             if writing is not None:
                 writing.wait(SETTLE_WAIT_SECONDS)
             return
+        dom, owner, autostart = item
         try:
-            self._record(*item)
+            self._record(dom, owner)
+            if autostart is not None:
+                dom.setAutostart(1 if autostart else 0)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # gone: nothing to record
                 with self._lock:

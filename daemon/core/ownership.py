@@ -122,7 +122,7 @@ def owner_xml(owner: Owner) -> str:
     el = ET.Element("owner")
     for key, value in owner_element(owner).attrib.items():
         el.set(key, value)
-    return ET.tostring(el, encoding="unicode")
+    return serialize(el)
 
 
 def parse_owner(xml: str | ET.Element) -> Owner | None:
@@ -194,4 +194,4 @@ def owned_text(text: str, owner: Owner) -> str:
     """The rendered text with <metadata><nvirtd:owner/></metadata> right after <uuid> (libvirt's order)."""
     meta = ET.Element("metadata")
     meta.append(owner_element(owner))
-    return splice_after_uuid(text, ET.tostring(meta, encoding="unicode"))
+    return splice_after_uuid(text, serialize(meta, {NAMESPACE: PREFIX}))

@@ -24,22 +24,33 @@ def to_string(root: ET.Element) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def serialize(root: ET.Element) -> str:
+def serialize(root: ET.Element, namespaces: dict[str, str] | None = None) -> str:
     """ET.tostring(root, encoding="unicode"), byte for byte, for the trees nvirtd builds
-    (no namespaces, comments or processing instructions: those go to ElementTree), in a
-    third of its time: ElementTree first walks the whole tree for namespaces. Spec hashes
-    are computed from this text, so its sameness is tested (tests/core/test_golden_xml.py)."""
+    (no comments or processing instructions: those go to ElementTree), in a third of its
+    time: ElementTree first walks the whole tree for namespaces. `namespaces` (URI ->
+    prefix) are the ones the tree's tags use, declared on the root as ElementTree does.
+    Spec hashes are computed from this text, so its sameness is tested
+    (tests/core/test_golden_xml.py)."""
     out: list[str] = []
-    _write(root, out)
+    _write(root, out, namespaces or {}, root=True)
     return "".join(out)
 
 
-def _write(el: ET.Element, out: list[str]) -> None:
+def _write(el: ET.Element, out: list[str], namespaces: dict[str, str], root: bool = False) -> None:
     tag = el.tag
-    if not isinstance(tag, str) or tag[:1] == "{":
+    if not isinstance(tag, str):
         out.append(ET.tostring(el, encoding="unicode"))  # what this writer does not cover (tail included)
         return
+    if tag[:1] == "{":
+        uri, _, local = tag[1:].partition("}")
+        if uri not in namespaces:
+            out.append(ET.tostring(el, encoding="unicode"))
+            return
+        tag = f"{namespaces[uri]}:{local}"
     out.append("<" + tag)
+    if root:
+        for uri, prefix in sorted(namespaces.items(), key=lambda item: item[1]):
+            out.append(f' xmlns:{prefix}="{_attr(uri)}"')
     for key, value in el.items():
         out.append(f' {key}="{_attr(value)}"')
     if el.text or len(el):
@@ -47,7 +58,7 @@ def _write(el: ET.Element, out: list[str]) -> None:
         if el.text:
             out.append(_cdata(el.text))
         for child in el:
-            _write(child, out)
+            _write(child, out, namespaces)
         out.append(f"</{tag}>")
     else:
         out.append(" />")

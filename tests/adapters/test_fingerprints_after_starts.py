@@ -41,9 +41,21 @@ async def test_the_guest_runs_before_its_record_is_written_and_a_look_writes_it(
     await hv.apply("c1", [DefineDomain(d.xml, d.owner), SetAutostart(True), Start()])
     assert fresh_libvirt.lookupByName("c1").isActive() == 1
     assert recorded_fingerprint(fresh_libvirt, "c1") is None
+    assert fresh_libvirt.lookupByName("c1").autostart() == 0  # waits with the record
     seen = await hv.observe_domain("c1")
     assert seen.owner.fingerprint == seen.fingerprint  # not drift, nothing to redefine
+    assert seen.autostart  # nor a missing autostart to set again
     assert recorded_fingerprint(fresh_libvirt, "c1") == seen.fingerprint
+    assert fresh_libvirt.lookupByName("c1").autostart() == 1
+
+
+async def test_autostart_of_a_domain_defined_before_is_set_at_once(hv, fresh_libvirt):
+    d = rendered("c1")
+    hv._flush_when_idle = lambda: None
+    await hv.apply("c1", [DefineDomain(d.xml, d.owner)])
+    await hv.apply("c1", [SetAutostart(True)])  # its record went first (a change settles it)
+    assert recorded_fingerprint(fresh_libvirt, "c1") is not None
+    assert fresh_libvirt.lookupByName("c1").autostart() == 1
 
 
 async def test_a_change_writes_the_pending_record_first(hv, fresh_libvirt):
@@ -59,7 +71,7 @@ async def test_settle_writes_every_record_and_a_fresh_adapter_sees_no_drift(hv, 
     names = [f"c{i}" for i in range(30)]
     for name in names:
         d = rendered(name)
-        await hv.apply(name, [DefineDomain(d.xml, d.owner), Start()])
+        await hv.apply(name, [DefineDomain(d.xml, d.owner), SetAutostart(True), Start()])
     assert all(recorded_fingerprint(fresh_libvirt, n) is None for n in names)
     await hv.settle()
     other = Hypervisor(TEST_URI)  # a restarted daemon
@@ -68,6 +80,7 @@ async def test_settle_writes_every_record_and_a_fresh_adapter_sees_no_drift(hv, 
         for name in names:
             seen = await other.observe_domain(name)
             assert seen.owner.fingerprint == seen.fingerprint, name
+            assert seen.autostart, name
     finally:
         await other.close()
         other.shutdown_pool()

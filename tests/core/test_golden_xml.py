@@ -90,6 +90,14 @@ def test_the_fast_serializer_writes_what_elementtree_writes():
     odd.text, odd.tail = "\n  text\r\n", "tail & more"
     ET.SubElement(odd, "y", z="1").text = ""
     assert serialize(root) == ET.tostring(root, encoding="unicode")
+    # the owner element spliced into every definition, a namespaced tag with every attribute set
+    from daemon.core.ownership import NAMESPACE, PREFIX, Owner, owner_element
+    meta = ET.Element("metadata")
+    meta.append(owner_element(Owner(file='a "b".json', spec_hash="s", fingerprint="f", restart_hash="r",
+                                    instance="i", shutdown_timeout=5, shutdown_started=1.5, live="l&m",
+                                    arrival="ready", arriving_from="h1", host="h2", leaving_for="h3",
+                                    move_error="<e>", cold=True)))
+    assert serialize(meta, {NAMESPACE: PREFIX}) == ET.tostring(meta, encoding="unicode")
     import copy
     for case in CASES:
         rendered = render_all(merge({"c.json": parse_text("c.json", (DATA / case / "config.json").read_text())}, {}),

@@ -9,6 +9,7 @@ traceback. Set NVIRTD_DEBUG=1 to see the traceback of an internal error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
@@ -223,17 +224,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_HANDLERS = {"gc": (".gc_command", "cmd_gc"), "snapshot": (".snapshot_command", "cmd_snapshot"),
+             "backup": (".backup_command", "cmd_backup"), "restore": (".backup_command", "cmd_restore"),
+             "run": (".commands", "cmd_run"), "check": (".commands", "cmd_check"),
+             "schema": (".commands", "cmd_schema"), "plan": (".commands", "cmd_plan"),
+             "status": (".commands", "cmd_status"), "reload": (".commands", "cmd_reload"),
+             "drain": (".drain_command", "cmd_drain"), "purge": (".purge", "cmd_purge"),
+             "reference": (".commands", "cmd_reference")}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         from . import logs
         logs.configure(getattr(args, "log_level", "warning"), cache=True)
-        from . import backup_command, commands, drain_command, gc_command, purge, snapshot_command
-        handler = {"gc": gc_command.cmd_gc, "snapshot": snapshot_command.cmd_snapshot,
-                   "backup": backup_command.cmd_backup, "restore": backup_command.cmd_restore, "run": commands.cmd_run, "check": commands.cmd_check, "schema": commands.cmd_schema,
-                   "plan": commands.cmd_plan, "status": commands.cmd_status, "reload": commands.cmd_reload,
-                   "drain": drain_command.cmd_drain, "purge": purge.cmd_purge, "reference": commands.cmd_reference}[args.command]
-        return handler(args)
+        # only the command's own module is imported: `nvirtd run` starts without the others
+        module, name = _HANDLERS[args.command]
+        return getattr(importlib.import_module(module, __package__), name)(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -17,10 +17,11 @@ from .settings import Settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Daemon
+    from .app import Daemon, calm_gc_until_ready
     from .errors import StartupError
     from .runtime.statelock import StateDirLocked
 
+    calm_gc_until_ready()
     settings = settings_from(args)
     daemon = Daemon(settings)
 

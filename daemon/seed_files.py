@@ -66,6 +66,8 @@ def resolve(parsed: ParsedFile, directory: Path, trust: TrustCheck | None
         domains[dom_name] = dom.model_copy(update={"cloud_init": seed.model_copy(update=update)})
     if errors:
         return ParsedFile(parsed.file, None, tuple(errors)), tuple(deps)
+    if not deps:
+        return parsed, ()  # no file read: nothing to put in (and nothing to copy)
     return ParsedFile(parsed.file, parsed.config.model_copy(update={"domains": domains})), tuple(deps)
 
 

@@ -66,8 +66,8 @@ def loads(text: str) -> Any:
         raise JsonProblem(f"invalid JSON: {exc}") from None
     except ValueError as exc:  # int() of a number with more digits than Python converts
         raise JsonProblem(f"invalid JSON: a number is too long ({str(exc).split(':')[0].lower()})") from None
-    depth = _depth(value)
-    if depth > MAX_DEPTH:
+    # nesting needs an opening bracket per level: a text with fewer cannot be too deep
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise JsonProblem(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
     return value
 

@@ -19,6 +19,7 @@ import argparse
 import compileall
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -87,6 +88,17 @@ def wait_ready(sock: socket.socket, t0: float) -> float:
     return time.perf_counter() - t0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process: steadier than its wall time on a shared machine."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_mib(pid: int) -> float:
     kib = int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS")))
     return kib / 1024
@@ -110,13 +122,15 @@ def one_size(conn, n: int, repeat: int, work: Path) -> dict:
     for i, (name, xml) in enumerate(xmls):
         (xml_dir / f"{name}.xml").write_text(xml)
         (config / f"{name}.json").write_text(json.dumps(spec(i)))
-    runs: dict[str, list[float]] = {"loop": [], "fresh": [], "nvirtd": [], "ready": [], "rss": []}
+    runs: dict[str, list[float]] = {"loop": [], "fresh": [], "nvirtd": [], "ready": [], "rss": [],
+                                    "fresh_cpu": [], "nvirtd_cpu": []}
     for r in range(repeat):  # interleaved, so that a noisy minute hurts all three alike
         wipe(conn)
         runs["loop"].append(raw_in_process(conn, xmls))
         wipe(conn)
-        t0 = time.perf_counter()
+        before = children_cpu()
         runs["fresh"].append(raw_fresh(xml_dir))
+        runs["fresh_cpu"].append(children_cpu() - before)
         assert running(conn) == n
         wipe(conn)
         state = work / f"state{n}-{r}"
@@ -124,6 +138,7 @@ def one_size(conn, n: int, repeat: int, work: Path) -> dict:
         t0 = time.perf_counter()
         proc, sock = nvirtd(config, state)
         runs["nvirtd"].append(wait_running(conn, n, t0, proc))
+        runs["nvirtd_cpu"].append(cpu_seconds(proc.pid))
         wait_ready(sock, t0)
         time.sleep(0.5)
         runs["rss"].append(rss_mib(proc.pid))
@@ -134,7 +149,10 @@ def one_size(conn, n: int, repeat: int, work: Path) -> dict:
         mutations = stop(proc, sock)
         assert not mutations, f"a restart with an unchanged config changed something: {mutations}"
     wipe(conn)
-    return {k: statistics.median(v) for k, v in runs.items()} | {"all": runs}
+    # the ratio of each round, then their median: this machine's speed drifts between rounds
+    ratios = [a / b for a, b in zip(runs["nvirtd"], runs["fresh"])]
+    return {k: statistics.median(v) for k, v in runs.items()} | {"all": runs, "ratio": statistics.median(ratios),
+                                                                  "ratios": ratios}
 
 
 def main() -> None:
@@ -154,16 +172,19 @@ def main() -> None:
             rows.append((n, m))
             fmt = lambda key: ", ".join(f"{x:.2f}" for x in m["all"][key])  # noqa: E731
             print(f"{n} domains: loop {m['loop']:.2f} s ({fmt('loop')}), fresh loop {m['fresh']:.2f} s "
-                  f"({fmt('fresh')}), nvirtd {m['nvirtd']:.2f} s ({fmt('nvirtd')}), restart->READY "
+                  f"({fmt('fresh')}), nvirtd {m['nvirtd']:.2f} s ({fmt('nvirtd')}), vs fresh loop by round "
+                  f"{', '.join(f'{r:.2f}x' for r in m['ratios'])}, CPU to all running: fresh loop "
+                  f"{m['fresh_cpu']:.2f} s, nvirtd {m['nvirtd_cpu']:.2f} s ({fmt('nvirtd_cpu')}), restart->READY "
                   f"{m['ready']:.2f} s ({fmt('ready')}), RSS {m['rss']:.0f} MiB", flush=True)
     conn.close()
-    print(f"\nmedians of {args.repeat}, interleaved; process start -> all running\n")
+    print(f"\nmedians of {args.repeat}, interleaved; process start -> all running; 'vs fresh loop' is the "
+          "median of each round's ratio\n")
     print("| domains | loop in-process | fresh-process loop | nvirtd cold | vs fresh loop | per domain | "
           "restart -> READY (0 mutating calls) | RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for n, m in rows:
         print(f"| {n} | {m['loop']:.2f} s | {m['fresh']:.2f} s | {m['nvirtd']:.2f} s | "
-              f"{m['nvirtd'] / m['fresh']:.2f}x | {m['nvirtd'] / n * 1000:.2f} ms | {m['ready']:.2f} s | "
+              f"{m['ratio']:.2f}x | {m['nvirtd'] / n * 1000:.2f} ms | {m['ready']:.2f} s | "
               f"{m['rss']:.0f} MiB |")
 
 

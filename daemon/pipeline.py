@@ -123,8 +123,11 @@ class Pipeline:
                     done=[str(a) for a in outcome.done], retry_in=after, ms=ms)
             return
         assert plan is not None
+        level = 20 if plan.actions else 10
+        if not log.is_enabled_for(level):
+            return  # a restart's 1,000 no-op passes log nothing at info: build nothing for it either
         log.log(
-            20 if plan.actions else 10, "reconciled", **{key.kind.value: key.name}, phase=plan.phase.value,
+            level, "reconciled", **{key.kind.value: key.name}, phase=plan.phase.value,
             actions=[str(a) for a in plan.actions], conditions=sorted(c.value for c in plan.conditions), ms=ms,
             **({"detail": plan.message} if plan.message and plan.actions else {}),
         )

@@ -95,7 +95,8 @@ async def test_virsh_undefine_is_repaired(two_vms, settings, start_daemon, fresh
     dom.undefine()
     await wait_for(lambda: "db" in names(fresh_libvirt) and state(fresh_libvirt, "db") == libvirt.VIR_DOMAIN_RUNNING,
                    what="db back")
-    assert fresh_libvirt.lookupByName("db").autostart() == 1
+    # the autostart flag of a domain just defined is written with its fingerprint record, moments later
+    await wait_for(lambda: fresh_libvirt.lookupByName("db").autostart() == 1, what="db's autostart set again")
 
 
 async def test_virsh_edit_is_reverted_for_next_boot_without_restart(two_vms, settings, start_daemon, fresh_libvirt):

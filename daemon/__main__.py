@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         from . import logs
-        logs.configure(getattr(args, "log_level", "warning"), cache=True)
+        logs.configure(getattr(args, "log_level", "warning"), cache=True, background=args.command == "run")
         # only the command's own module is imported: `nvirtd run` starts without the others
         module, name = _HANDLERS[args.command]
         return getattr(importlib.import_module(module, __package__), name)(args)

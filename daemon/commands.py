@@ -61,6 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _exit(code: int) -> int:
     """A libvirt call stuck in a worker thread (a hung libvirtd) must not keep the process
     alive after it is done: the interpreter would wait for that thread forever."""
+    from . import logs
+    logs.flush()  # the writer thread's lines (runtime/logwriter.py), before the caller reads them
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if stuck:
         sys.stdout.flush()

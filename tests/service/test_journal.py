@@ -99,9 +99,10 @@ def entries(namespace: str, *match: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def test_journalctl_finds_one_vms_lines_and_only_the_problems(journald):
+@pytest.mark.parametrize("background", [False, True], ids=["written-at-once", "by-the-writer-thread"])
+def test_journalctl_finds_one_vms_lines_and_only_the_problems(journald, background):
     namespace, socket_path = journald
-    logs.configure("debug", journal_socket=socket_path)
+    logs.configure("debug", journal_socket=socket_path, background=background)
     log = structlog.get_logger("nvirtd.test")
     log.info("reconciled", domain="web", phase="running", actions=["define", "start"], ms=4.2)
     log.info("reconciled", domain="db", phase="running", actions=[], ms=1.0)

@@ -110,7 +110,7 @@ def nvirtd(n: int, cap: int, conn: libvirt.virConnect, workdir: Path) -> float:
     config.mkdir(exist_ok=True, mode=0o755)
     (config / "b.json").write_text(json.dumps({"domains": {f"{PREFIX}{i:02d}": spec() for i in range(n)}}))
     argv = [sys.executable, "-m", "daemon", "run", "--connect", URI, "--config-dir", str(config),
-            "--state-dir", str(state), "--images-dir", str(state / "images"), "--log-level", "warning",
+            "--state-dir", str(state), "--images-dir", str(state / "images"),
             "--no-trust-checks", "--start-concurrency", str(cap)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.DEVNULL)

@@ -69,7 +69,8 @@ def raw_fresh(xml_dir: Path, *extra: str) -> float:
     return time.perf_counter() - t0
 
 
-def nvirtd(config: Path, state: Path, *, log_level: str = "warning") -> tuple[subprocess.Popen, socket.socket]:
+def nvirtd(config: Path, state: Path, *, log_level: str = "info") -> tuple[subprocess.Popen, socket.socket]:
+    """nvirtd as its service runs it (the default log level, info), its log lines in a file."""
     sock_path = state.parent / f"notify-{time.monotonic_ns()}.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
@@ -77,8 +78,9 @@ def nvirtd(config: Path, state: Path, *, log_level: str = "warning") -> tuple[su
     argv = [sys.executable, "-m", "daemon", "run", "--connect", URI, "--config-dir", str(config),
             "--state-dir", str(state), "--images-dir", str(state / "images"), "--log-level", log_level,
             "--no-trust-checks"]
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
-                            stderr=subprocess.PIPE, text=True)
+    log = open(state.parent / f"log-{time.monotonic_ns()}.jsonl", "w+")
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": str(sock_path)}, stderr=log)
+    proc.log = log  # type: ignore[attr-defined]
     return proc, sock
 
 
@@ -106,8 +108,11 @@ def rss_mib(pid: int) -> float:
 
 def stop(proc: subprocess.Popen, sock: socket.socket) -> dict:
     proc.terminate()
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     sock.close()
+    proc.log.seek(0)  # type: ignore[attr-defined]
+    err = proc.log.read()  # type: ignore[attr-defined]
+    proc.log.close()  # type: ignore[attr-defined]
     for line in reversed(err.splitlines()):
         if '"daemon_stopped"' in line:
             return json.loads(line).get("mutations", {})
@@ -144,7 +149,7 @@ def one_size(conn, n: int, repeat: int, work: Path) -> dict:
         runs["rss"].append(rss_mib(proc.pid))
         stop(proc, sock)
         t0 = time.perf_counter()  # restart on the running domains: nothing to do
-        proc, sock = nvirtd(config, state, log_level="info")
+        proc, sock = nvirtd(config, state)
         runs["ready"].append(wait_ready(sock, t0))
         mutations = stop(proc, sock)
         assert not mutations, f"a restart with an unchanged config changed something: {mutations}"

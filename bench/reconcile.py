@@ -190,7 +190,7 @@ def subprocess_figures(args, conn, workdir: Path) -> None:
     sock.settimeout(120)
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
     argv = [sys.executable, "-m", "daemon", "run", "--connect", URI, "--config-dir", str(workdir / "config"),
-            "--state-dir", str(workdir / "state2"), "--images-dir", str(workdir / "images"), "--log-level", "warning"]
+            "--state-dir", str(workdir / "state2"), "--images-dir", str(workdir / "images")]  # the default log level, info
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, cwd=Path(__file__).resolve().parent.parent, stderr=subprocess.DEVNULL)
     try:

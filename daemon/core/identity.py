@@ -6,6 +6,7 @@ domain keeps its UUID and MACs across redefines, daemon restarts and hosts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid as uuidlib
 from pathlib import PurePosixPath
@@ -15,6 +16,7 @@ NVIRTD_UUID_NAMESPACE = uuidlib.UUID("6f1c1d2e-9a0b-5c61-8e2f-6e7669727464")
 MAC_PREFIX = "52:54:00"
 
 
+@functools.lru_cache(maxsize=65536)  # asked on every render and every reload's cross-file check
 def domain_uuid(name: str, given: str | None = None) -> str:
     if given:
         return str(uuidlib.UUID(given))

@@ -56,7 +56,7 @@ def _write(el: ET.Element, out: list[str], namespaces: dict[str, str], root: boo
         start += "".join([f' {key}="{_attr(value)}"' for key, value in attrs])
     text = el.text
     if text or len(el):
-        out.append(start + ">" + _cdata(text) if text else start + ">")
+        out.append((start + ">" + _cdata(text)) if text else (start + ">"))
         for child in el:
             _write(child, out, namespaces)
         out.append(f"</{tag}>")

@@ -19,7 +19,7 @@ import libvirt
 
 from ..core.ownership import NAMESPACE, PREFIX, Owner, owner_xml
 from . import hypervisor_live as live
-from .hypervisor_fingerprints import read_fingerprint
+from .hypervisor_fingerprints import read_fingerprint, record_owner
 from .hypervisor_handles import through_cached
 from ..errors import HotplugUnsupported, HypervisorError
 from .hypervisor_protocol import (AttachDevice, DefineDomain, Destroy, DetachDevice, DomainOp, MarkShutdown,
@@ -156,8 +156,7 @@ class DomainOps:
 
     def _set_owner(self, name: str, owner: Owner) -> None:
         """The owner element of the persistent definition, with nothing else changed."""
-        self._on_observed(name, lambda d: d.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, owner_xml(owner),
-                                                        PREFIX, NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+        self._on_observed(name, lambda d: record_owner(d, owner))
 
     def _mark_shutdown(self, name: str, owner: Owner) -> None:
         """Record in the running instance's metadata when the graceful shutdown began; it

@@ -3,8 +3,10 @@
 
 libvirt's test driver inside the real libvirtd (test+unix:///default), one domain per
 file. For each size: the plain define+create loop in this process, the same loop as a
-fresh Python process reading the domains' XML files (the floor a cold start is held
-to), and nvirtd as a fresh process (process start -> every domain running); then a
+fresh Python process reading the domains' XML files (the issue's baseline), the floor of
+nvirtd's guarantees (a fresh process making only the 5 calls a new domain costs, with
+events, in nvirtd's 24 threads: bench/raw_loop.py --guarantees), and nvirtd as a fresh
+process (process start -> every domain running); then a
 restart of nvirtd on the running domains (process start -> READY=1, mutating calls),
 and its RSS.
 
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench.reconcile import rendered_xmls, spec, wipe  # noqa: E402
 
 URI = "test+unix:///default"
+WORKERS = 24  # nvirtd's default (settings.workers)
 
 
 def compile_bytecode() -> None:
@@ -127,8 +130,8 @@ def one_size(conn, n: int, repeat: int, work: Path) -> dict:
     for i, (name, xml) in enumerate(xmls):
         (xml_dir / f"{name}.xml").write_text(xml)
         (config / f"{name}.json").write_text(json.dumps(spec(i)))
-    runs: dict[str, list[float]] = {"loop": [], "fresh": [], "nvirtd": [], "ready": [], "rss": [],
-                                    "fresh_cpu": [], "nvirtd_cpu": []}
+    runs: dict[str, list[float]] = {"loop": [], "fresh": [], "floor": [], "nvirtd": [], "ready": [], "rss": [],
+                                    "fresh_cpu": [], "floor_cpu": [], "nvirtd_cpu": []}
     for r in range(repeat):  # interleaved, so that a noisy minute hurts all three alike
         wipe(conn)
         runs["loop"].append(raw_in_process(conn, xmls))
@@ -136,6 +139,11 @@ def one_size(conn, n: int, repeat: int, work: Path) -> dict:
         before = children_cpu()
         runs["fresh"].append(raw_fresh(xml_dir))
         runs["fresh_cpu"].append(children_cpu() - before)
+        assert running(conn) == n
+        wipe(conn)
+        before = children_cpu()
+        runs["floor"].append(raw_fresh(xml_dir, "--guarantees", "--threads", str(WORKERS)))
+        runs["floor_cpu"].append(children_cpu() - before)
         assert running(conn) == n
         wipe(conn)
         state = work / f"state{n}-{r}"
@@ -156,8 +164,10 @@ def one_size(conn, n: int, repeat: int, work: Path) -> dict:
     wipe(conn)
     # the ratio of each round, then their median: this machine's speed drifts between rounds
     ratios = [a / b for a, b in zip(runs["nvirtd"], runs["fresh"])]
-    return {k: statistics.median(v) for k, v in runs.items()} | {"all": runs, "ratio": statistics.median(ratios),
-                                                                  "ratios": ratios}
+    floor_ratios = [a / b for a, b in zip(runs["nvirtd"], runs["floor"])]
+    return {k: statistics.median(v) for k, v in runs.items()} | {
+        "all": runs, "ratio": statistics.median(ratios), "ratios": ratios,
+        "floor_ratio": statistics.median(floor_ratios), "floor_ratios": floor_ratios}
 
 
 def main() -> None:
@@ -176,20 +186,22 @@ def main() -> None:
             m = one_size(conn, n, args.repeat, work)
             rows.append((n, m))
             fmt = lambda key: ", ".join(f"{x:.2f}" for x in m["all"][key])  # noqa: E731
+            ratios = lambda key: ", ".join(f"{r:.2f}x" for r in m[key])  # noqa: E731
             print(f"{n} domains: loop {m['loop']:.2f} s ({fmt('loop')}), fresh loop {m['fresh']:.2f} s "
-                  f"({fmt('fresh')}), nvirtd {m['nvirtd']:.2f} s ({fmt('nvirtd')}), vs fresh loop by round "
-                  f"{', '.join(f'{r:.2f}x' for r in m['ratios'])}, CPU to all running: fresh loop "
-                  f"{m['fresh_cpu']:.2f} s, nvirtd {m['nvirtd_cpu']:.2f} s ({fmt('nvirtd_cpu')}), restart->READY "
+                  f"({fmt('fresh')}), guarantees floor {m['floor']:.2f} s ({fmt('floor')}), nvirtd "
+                  f"{m['nvirtd']:.2f} s ({fmt('nvirtd')}), vs fresh loop by round {ratios('ratios')}, vs floor "
+                  f"{ratios('floor_ratios')}, CPU to all running: fresh loop {m['fresh_cpu']:.2f} s, floor "
+                  f"{m['floor_cpu']:.2f} s, nvirtd {m['nvirtd_cpu']:.2f} s ({fmt('nvirtd_cpu')}), restart->READY "
                   f"{m['ready']:.2f} s ({fmt('ready')}), RSS {m['rss']:.0f} MiB", flush=True)
     conn.close()
     print(f"\nmedians of {args.repeat}, interleaved; process start -> all running; 'vs fresh loop' is the "
           "median of each round's ratio\n")
-    print("| domains | loop in-process | fresh-process loop | nvirtd cold | vs fresh loop | per domain | "
-          "restart -> READY (0 mutating calls) | RSS |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| domains | loop in-process | fresh-process loop | guarantees floor | nvirtd cold | vs fresh loop | "
+          "vs floor | per domain | restart -> READY (0 mutating calls) | RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n, m in rows:
-        print(f"| {n} | {m['loop']:.2f} s | {m['fresh']:.2f} s | {m['nvirtd']:.2f} s | "
-              f"{m['ratio']:.2f}x | {m['nvirtd'] / n * 1000:.2f} ms | {m['ready']:.2f} s | "
+        print(f"| {n} | {m['loop']:.2f} s | {m['fresh']:.2f} s | {m['floor']:.2f} s | {m['nvirtd']:.2f} s | "
+              f"{m['ratio']:.2f}x | {m['floor_ratio']:.2f}x | {m['nvirtd'] / n * 1000:.2f} ms | {m['ready']:.2f} s | "
               f"{m['rss']:.0f} MiB |")
 
 

@@ -165,8 +165,11 @@ class Daemon:
             await self.reload(explicit=explicit)
 
     # ---- libvirt ----------------------------------------------------------------------
-    async def _resync_all(self) -> None:
-        keys = {Key(Kind.domain, n) for n in await self.hv.list_domains()}
+    async def _resync_all(self, listing: Awaitable[list[str]] | None = None) -> None:
+        """Every key libvirt or the config has, queued; each listed domain is looked at in
+        the listing (look_at_each), so the passes take those looks without a thread hop."""
+        names = await (listing if listing is not None else self.hv.list_domains(look_at_each=True))
+        keys = {Key(Kind.domain, n) for n in names}
         keys |= {Key(Kind.network, n) for n in await self.hv.list_networks()}
         keys |= self.config.all_keys()
         for key in keys:
@@ -330,9 +333,15 @@ class Daemon:
                 metrics_server = await open_server(self.metrics, str(self.settings.metrics))
             if not await self.link.connect_with_backoff(self.stop_event):
                 return
-            await self.reload(explicit=False)
+            # the domains are listed and looked at while the files are read (a restart's 2,000 reads)
+            listing = asyncio.ensure_future(self.hv.list_domains(look_at_each=True))
             try:
-                await self._resync_all()
+                await self.reload(explicit=False)
+            except BaseException:
+                listing.cancel()
+                raise
+            try:
+                await self._resync_all(listing)
             except NvirtdError as exc:
                 self.link.lost(str(exc))
             self._initial = set(self.queue.keys.waiting)  # type: ignore[arg-type]

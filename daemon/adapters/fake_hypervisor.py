@@ -172,7 +172,9 @@ class FakeHypervisor(FakeNetworkOps):
         self._call("default_virt_type")
         return self.virt_type
 
-    async def list_domains(self) -> list[str]:
+    async def list_domains(self, *, look_at_each: bool = False) -> list[str]:
+        # look_at_each is the real adapter's way to take its looks early: here each look is
+        # the state itself, taken when it is asked for, which is what an early look must equal
         self._call("list_domains")
         names = sorted(d.name for d in self.domains.values())
         self.known = set(names)

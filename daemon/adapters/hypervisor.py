@@ -36,6 +36,7 @@ from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
 from .hypervisor_domains import DomainOps
 from .hypervisor_fingerprints import PendingFingerprints
+from .hypervisor_listing import Listing, Listings
 from .hypervisor_live import LiveReads
 from .hypervisor_migrate import Migrations
 from .hypervisor_networks import NetworkOps
@@ -61,12 +62,6 @@ DOMAIN_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: DomainEvent.pmsuspended, libvirt.VIR_DOMAIN_EVENT_CRASHED: DomainEvent.crashed,
 }
 
-# listings by state a look can take a domain's power from (paused ones need state()'s reason)
-_LISTED_POWER = {libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING: Power.running,
-                 libvirt.VIR_CONNECT_LIST_DOMAINS_SHUTOFF: Power.shutoff}
-_AUTOSTART = libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
-_LISTED = (*_LISTED_POWER, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT, _AUTOSTART)
-
 def _no_object(exc: libvirt.libvirtError) -> bool:
     return exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK)
 
@@ -74,7 +69,7 @@ def _no_object(exc: libvirt.libvirtError) -> bool:
 _MIGRATING = (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
 
 
-class Hypervisor(DomainOps, NetworkOps, LiveReads, Migrations):
+class Hypervisor(Listings, DomainOps, NetworkOps, LiveReads, Migrations):
     def __init__(self, uri: str, *, threads: int = 8, connections: int = 4) -> None:
         self.uri = uri
         self.conn: libvirt.virConnect | None = None  # the one with the event callbacks
@@ -95,7 +90,7 @@ class Hypervisor(DomainOps, NetworkOps, LiveReads, Migrations):
         # a name not in it needs no lookup RPC to learn that it does not exist
         self.known: set[str] | None = None
         self.hotplug = True  # until the driver refuses to plug a device (learned per connection)
-        self._listed: dict[str, tuple[Power, bool, bool]] = {}  # see list_domains
+        self._listing = Listing()  # facts and early looks of the last listing (hypervisor_listing)
         self._threads = threads
         self._fingerprints = PendingFingerprints()  # see hypervisor_fingerprints
         self._applying = 0  # apply() calls in flight
@@ -187,7 +182,7 @@ class Hypervisor(DomainOps, NetworkOps, LiveReads, Migrations):
         callbacks, self._callback_ids = self._callback_ids, []
         self._doms.clear()
         self._nets.clear()
-        self._listed.clear()
+        self._listing.reset({})
         self._fingerprints.clear()  # the resync after a reconnect redefines what had none
         self.known = None  # events may be missed while disconnected: list again
         self.hotplug = True
@@ -245,12 +240,13 @@ class Hypervisor(DomainOps, NetworkOps, LiveReads, Migrations):
     def _domain_event(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
         kind = DOMAIN_EVENTS.get(event, DomainEvent.other)  # one nvirtd does not know: still a change
         name = dom.name()
-        self._listed.pop(name, None)  # what the listing said of it may no longer hold
+        self._listing.forget(name)  # what the listing said of it, or an early look saw, may no longer hold
         if self.events.drop(name, kind):  # expected (our own action's echo): no need to wake the loop
             return
         self._to_loop(self._note_domain_event, name, kind)
 
     def _device_removed(self, _conn: Any, dom: Any, _alias: str, _opaque: Any) -> None:
+        self._listing.forget(dom.name())
         self._to_loop(self._note_domain_event, dom.name(), DomainEvent.device_removed)
 
     def _note_domain_event(self, name: str, event: DomainEvent) -> None:
@@ -297,37 +293,15 @@ class Hypervisor(DomainOps, NetworkOps, LiveReads, Migrations):
                     return VirtType.kvm
         return VirtType.qemu
 
-    async def list_domains(self) -> list[str]:
-        """Every domain's name; and, from four listings filtered by libvirt, each domain's
-        power, persistence and autostart, which the first look at it uses instead of
-        three RPCs of its own (a restart on 1,000 running domains: 2 RPCs each, not 6).
-        A listed fact is used once, and dropped the moment anything happens to the
-        domain (an event, or a change of ours), so a look never sees a stale one."""
-        def listing() -> tuple[list[Any], dict[str, tuple[Power, bool, bool]]]:
-            conn = self._c()
-            doms = conn.listAllDomains()
-            flagged = {flag: {d.name() for d in conn.listAllDomains(flag)} for flag in _LISTED}
-            facts = {}
-            for d in doms:
-                name = d.name()
-                power = next((p for flag, p in _LISTED_POWER.items() if name in flagged[flag]), None)
-                if power is not None:
-                    persistent = name in flagged[libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT]
-                    facts[name] = (power, persistent, persistent and name in flagged[_AUTOSTART])
-            return doms, facts
-        doms, facts = await self._run(listing)
-        for dom in doms:
-            self._doms.setdefault(dom.name(), dom)
-        self._listed = facts
-        self.known = {d.name() for d in doms}
-        return sorted(self.known)
-
     async def list_networks(self) -> list[str]:
         return await self._run(lambda: [n.name() for n in self._c().listAllNetworks()])
 
     async def observe_domain(self, name: str) -> ObservedDomain | None:
         if self.known is not None and name not in self.known and name not in self._doms:
             return None
+        early = self._listing.take_look(name)
+        if early is not None:
+            return early
         return await self._run(self._observe_domain, name)
 
     def _observe_domain(self, name: str) -> ObservedDomain | None:
@@ -353,7 +327,7 @@ class Hypervisor(DomainOps, NetworkOps, LiveReads, Migrations):
 
     def _look(self, dom: Any) -> ObservedDomain:
         name = dom.name()
-        listed = self._listed.pop(name, None)
+        listed = self._listing.facts_of(name)
         if listed is not None:
             power, persistent, autostart = listed
         else:

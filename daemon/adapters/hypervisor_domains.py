@@ -73,7 +73,7 @@ class DomainOps:
     _c: Any
     _count: Any
     _doms: dict[str, Any]
-    _listed: dict[str, Any]
+    _listing: Any
     known: set[str] | None
     _fingerprints: Any
     _applying: int
@@ -82,7 +82,7 @@ class DomainOps:
     hotplug: bool
 
     async def apply(self, name: str, ops: list[DomainOp]) -> None:
-        self._listed.pop(name, None)  # a change of ours: the listing's facts no longer hold
+        self._listing.forget(name)  # a change of ours: what the listing and its looks saw no longer holds
         for op in ops:
             self._count(op.counter)
         self._applying += 1

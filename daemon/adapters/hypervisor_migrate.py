@@ -49,13 +49,13 @@ def disk_targets(live_xml: str, files: frozenset[str]) -> list[str]:
 
 
 class Migrations:
-    """Mixed into Hypervisor, which provides _run, _c, _count, _doms and _listed."""
+    """Mixed into Hypervisor, which provides _run, _c, _count, _doms and _listing."""
 
     _run: Any
     _c: Any
     _count: Any
     _doms: dict[str, Any]
-    _listed: dict[str, Any]
+    _listing: Any
 
     async def migrate(self, name: str, dest_uri: str, *, overlays: frozenset[str],
                       settings: MigrationSettings) -> None:
@@ -80,7 +80,7 @@ class Migrations:
                                   "the VM runs here as before") from None
         finally:
             self._doms.pop(name, None)
-            self._listed.pop(name, None)
+            self._listing.forget(name)
 
     async def _past_timeout(self, dom: Any, call: asyncio.Future[None], settings: MigrationSettings) -> None:
         if settings.postcopy:

@@ -196,6 +196,27 @@ async def test_lifecycle_events_arrive_after_the_call_and_can_be_filtered(world)
     assert ("c1", "stopped") in events and ("c1", "undefined") in events
 
 
+async def test_the_listings_early_looks_equal_looks_of_their_own_until_something_happens(world):
+    """list_domains(look_at_each=True) looks at every domain at once, for the first look
+    at each: what that look returns is what a look of its own would, and an edit behind
+    our back after the listing is seen by the next look, not the listing's."""
+    hv, outside, _ = world
+    for name in ("c1", "c2"):
+        d = rendered(name)
+        await hv.apply(name, [DefineDomain(d.xml, owner_of(d)), Start()])
+    await hv.settle()
+    assert {"c1", "c2"} <= set(await hv.list_domains(look_at_each=True))
+    early = {name: await hv.observe_domain(name) for name in ("c1", "c2")}
+    assert early == {name: await hv.observe_domain(name) for name in ("c1", "c2")}
+    assert early["c1"].owned and early["c1"].owner.fingerprint == early["c1"].fingerprint
+    await hv.list_domains(look_at_each=True)
+    outside.edit("c2")
+    await settle()  # its event reaches the adapter
+    assert (await hv.observe_domain("c1")) == early["c1"]
+    edited = await hv.observe_domain("c2")
+    assert edited.fingerprint != early["c2"].fingerprint and edited.owner.fingerprint != edited.fingerprint
+
+
 async def test_a_domain_name_cannot_be_defined_twice_with_two_uuids(world):
     hv, outside, _ = world
     outside.define_foreign("c2")

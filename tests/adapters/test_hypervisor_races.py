@@ -14,6 +14,7 @@ import libvirt
 import pytest
 
 from daemon.adapters.hypervisor import Hypervisor
+from daemon.adapters.hypervisor_listing import Listing
 from daemon.adapters.hypervisor_protocol import Start, Undefine
 from daemon.core.observed import Power
 from daemon.errors import HypervisorError
@@ -98,10 +99,46 @@ async def test_a_look_takes_the_listings_facts_once_and_never_after_a_change(ada
         calls = hv.calls
         seen = await hv.observe_domain("web")
         assert seen.power == Power.shutoff and seen.persistent and not seen.autostart
-        assert hv.calls == calls + 1 and "web" not in hv._listed
+        assert hv.calls == calls + 1 and hv._listing.facts_of("web") is None
         assert await hv.observe_domain("web") == seen  # the same, from RPCs of its own
         await hv.list_domains()
         fresh_libvirt.lookupByName("web").create()  # virsh start, after the listing
         for _ in range(20):  # its event reaches the adapter
             await asyncio.sleep(0.01)
         assert (await hv.observe_domain("web")).power == Power.running, "not the listing's stale shutoff"
+
+
+async def test_an_early_look_is_used_once_without_a_call_and_never_after_a_change(adapter_after, fresh_libvirt):
+    """The listing's look at each domain serves the first look at it (no call of its
+    own); a change of ours since drops it, and so does virsh's, once its event is in."""
+    async with adapter_after(state="stopped") as hv:
+        await hv.list_domains(look_at_each=True)
+        calls = hv.calls
+        seen = await hv.observe_domain("web")
+        assert seen.power == Power.shutoff and seen.owned and hv.calls == calls
+        assert await hv.observe_domain("web") == seen and hv.calls == calls + 1  # its own, the same
+        await hv.list_domains(look_at_each=True)
+        await hv.apply("web", [Start()])
+        assert (await hv.observe_domain("web")).power == Power.running, "not the early look's shutoff"
+        await hv.list_domains(look_at_each=True)
+        fresh_libvirt.lookupByName("web").destroy()  # virsh destroy, after the listing
+        for _ in range(20):  # its event reaches the adapter
+            await asyncio.sleep(0.01)
+        assert (await hv.observe_domain("web")).power == Power.shutoff, "not the early look's running"
+
+
+def test_a_look_stored_after_an_event_or_a_newer_listing_is_not_kept():
+    """The race of an early look's thread with libvirt's event thread: the look was read
+    before the event, and is stored after it. And a listing's looks outliving the next."""
+    seen = object()
+    listing = Listing()
+    generation = listing.reset({})
+    assert listing.wants_look("web", generation)
+    listing.forget("web")  # the event, between the read and the store
+    listing.keep_look("web", seen, generation)
+    assert not listing.wants_look("web", generation) and listing.take_look("web") is None
+    listing.keep_look("db", seen, generation)
+    assert listing.take_look("db") is seen and listing.take_look("db") is None  # used once
+    old, newer = generation, listing.reset({})
+    listing.keep_look("app", seen, old)  # a job of the older listing, still running
+    assert listing.wants_look("app", newer) and listing.take_look("app") is None

@@ -86,11 +86,11 @@ async def test_a_lost_connection_during_the_periodic_resync_is_a_reconnect_not_a
     real = d.hv.list_domains
     calls = {"n": 0}
 
-    async def flaky():
+    async def flaky(**kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
             raise ConnectionLost("lost the connection (injected)")
-        return await real()
+        return await real(**kwargs)
     monkeypatch.setattr(d.hv, "list_domains", flaky)
     for _ in range(100):
         if d.daemon.link.connects > connects:

@@ -31,12 +31,12 @@ from typing import Any, TypeVar
 import libvirt
 
 from ..core.observed import DomainEvent, ObservedDomain, Power
-from ..core.ownership import NAMESPACE, fingerprint, parse_owner, parse_owner_element
+from ..core.ownership import NAMESPACE
 from ..core.spec import VirtType
 from ..errors import ConnectionLost, HypervisorError
 from .hypervisor_domains import DomainOps
 from .hypervisor_fingerprints import PendingFingerprints
-from .hypervisor_listing import Listing, Listings
+from .hypervisor_listing import Listing, Listings, Reading, interpret
 from .hypervisor_live import LiveReads
 from .hypervisor_migrate import Migrations
 from .hypervisor_networks import NetworkOps
@@ -301,31 +301,36 @@ class Hypervisor(Listings, DomainOps, NetworkOps, LiveReads, Migrations):
             return None
         early = self._listing.take_look(name)
         if early is not None:
-            return early
+            return interpret(early)  # the listing's reads (hypervisor_listing): parsed here, no hop
         return await self._run(self._observe_domain, name)
 
     def _observe_domain(self, name: str) -> ObservedDomain | None:
+        reading = self._read_domain(name)
+        return interpret(reading) if reading is not None else None
+
+    def _read_domain(self, name: str) -> Reading | None:
         self._fingerprints.settle(name)  # never a look at a domain of ours without its fingerprint
         try:
-            return self._on_dom(name, self._observe_handle)
+            return self._on_dom(name, self._read_handle)
         except libvirt.libvirtError as exc:
             if _no_object(exc):
                 self._doms.pop(name, None)
                 return None
             raise
 
-    def _observe_handle(self, dom: Any) -> ObservedDomain:
+    def _read_handle(self, dom: Any) -> Reading:
         """One consistent look; a domain that stops between two of its reads (libvirt
         then refuses the live-only read as "not running") is looked at again."""
         for _ in range(2):
             try:
-                return self._look(dom)
+                return self._read(dom)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
                     raise
-        return self._look(dom)
+        return self._read(dom)
 
-    def _look(self, dom: Any) -> ObservedDomain:
+    def _read(self, dom: Any) -> Reading:
+        """The RPCs of a look, nothing parsed (see interpret)."""
         name = dom.name()
         listed = self._listing.facts_of(name)
         if listed is not None:
@@ -338,28 +343,19 @@ class Hypervisor(Listings, DomainOps, NetworkOps, LiveReads, Migrations):
             elif state == libvirt.VIR_DOMAIN_PAUSED and reason in _MIGRATING:
                 power = Power.migrating
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        root = ET.fromstring(xml)
-        owner = parse_owner(root)
-        live_hash = live_owner = None
-        if owner is not None and power.active:
+        live = None
+        if power.active and NAMESPACE in xml:  # an owner element may be in it: the running instance's too
             try:
                 live = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                live_owner = parse_owner_element(live)
-                live_hash = live_owner.spec_hash if live_owner else ""
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
                     raise
-                live_hash = ""  # running with a definition that was not ours
+                live = ""  # running with a definition that was not ours
         if listed is None:
             # a transient domain vanishes when it stops: only an active one can be transient
             persistent = not power.active or dom.isPersistent() == 1
             autostart = persistent and dom.autostart() == 1
-        nets = tuple(s.get("network", "") for s in root.findall("./devices/interface[@type='network']/source"))
-        return ObservedDomain(
-            name=name, uuid=root.findtext("uuid") or "", power=power, owner=owner, live_spec_hash=live_hash,
-            fingerprint=fingerprint(xml), autostart=autostart, persistent=persistent, networks=nets,
-            live_owner=live_owner,
-        )
+        return Reading(name, power, persistent, autostart, xml, live)
 
     async def domains_using_network(self, network: str) -> list[str]:
         def scan() -> list[str]:

@@ -5,7 +5,8 @@ libvirt's test driver inside the real libvirtd (test+unix:///default), one domai
 file. For each size: the plain define+create loop in this process, the same loop as a
 fresh Python process reading the domains' XML files (the issue's baseline), the floor of
 nvirtd's guarantees (a fresh process making only the 5 calls a new domain costs, with
-events, in nvirtd's 24 threads: bench/raw_loop.py --guarantees), and nvirtd as a fresh
+events, in nvirtd's 24 threads, the records after the starts as nvirtd writes them:
+bench/raw_loop.py --guarantees; process start -> all running), and nvirtd as a fresh
 process (process start -> every domain running); then a
 restart of nvirtd on the running domains (process start -> READY=1, mutating calls),
 and its RSS.
@@ -70,6 +71,17 @@ def raw_fresh(xml_dir: Path, *extra: str) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "bench" / "raw_loop.py"), URI, str(xml_dir), *extra], check=True)
     return time.perf_counter() - t0
+
+
+def floor_fresh(conn, n: int, xml_dir: Path) -> float:
+    """The guarantees floor, process start -> all running (its records come after, as nvirtd's do)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "raw_loop.py"), URI, str(xml_dir), "--guarantees",
+                             "--threads", str(WORKERS)])
+    seconds = wait_running(conn, n, t0, proc)
+    if proc.wait() != 0:
+        raise RuntimeError(f"the floor's loop exited with {proc.returncode}")
+    return seconds
 
 
 def nvirtd(config: Path, state: Path, *, log_level: str = "info") -> tuple[subprocess.Popen, socket.socket]:
@@ -142,7 +154,7 @@ def one_size(conn, n: int, repeat: int, work: Path) -> dict:
         assert running(conn) == n
         wipe(conn)
         before = children_cpu()
-        runs["floor"].append(raw_fresh(xml_dir, "--guarantees", "--threads", str(WORKERS)))
+        runs["floor"].append(floor_fresh(conn, n, xml_dir))
         runs["floor_cpu"].append(children_cpu() - before)
         assert running(conn) == n
         wipe(conn)

@@ -339,6 +339,7 @@ class Daemon:
                 await self.reload(explicit=False)
             except BaseException:
                 listing.cancel()
+                listing.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no stray warning
                 raise
             try:
                 await self._resync_all(listing)

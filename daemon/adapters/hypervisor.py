@@ -182,7 +182,7 @@ class Hypervisor(Listings, DomainOps, NetworkOps, LiveReads, Migrations):
         callbacks, self._callback_ids = self._callback_ids, []
         self._doms.clear()
         self._nets.clear()
-        self._listing.reset({})
+        self._listing.begin()  # nothing of the old connection's listing is used
         self._fingerprints.clear()  # the resync after a reconnect redefines what had none
         self.known = None  # events may be missed while disconnected: list again
         self.hotplug = True

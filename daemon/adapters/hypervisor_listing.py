@@ -11,9 +11,9 @@ the libvirt adapter (hypervisor.py).
 
 A kept fact or look is used once, and dropped the moment anything happens to the domain:
 an event (libvirt's event thread calls `forget` before it hands the event on), a change
-of ours, or any look at it. A look taken before an event and stored after it is never
-kept: `forget` and the store take the same lock, and a name forgotten since the listing
-stays forgotten until the next one.
+of ours, or any look at it. A fact or look taken before an event and stored after it is
+never kept: a listing begins its generation before its RPCs, `forget` and the stores take
+the same lock, and a name forgotten since the listing began stays forgotten until the next.
 """
 
 from __future__ import annotations
@@ -72,11 +72,21 @@ class Listing:
         self._looks: dict[str, Reading] = {}
         self._spent: set[str] = set()  # forgotten or looked at since the listing: nothing of it is kept
 
-    def reset(self, facts: dict[str, tuple[Power, bool, bool]]) -> int:
+    def begin(self) -> int:
+        """A new listing, before its RPCs: what anything of the older ones said is gone,
+        and an event from now on drops what this one tells of its domain."""
         with self._lock:
             self._generation += 1
-            self._facts, self._looks, self._spent = facts, {}, set()
+            self._facts, self._looks, self._spent = {}, {}, set()
             return self._generation
+
+    def install(self, facts: dict[str, tuple[Power, bool, bool]], generation: int) -> set[str]:
+        """The listing's facts, but none of a domain that had an event since begin();
+        returns those names (they exist, or did: each costs a lookup, not a wrong answer)."""
+        with self._lock:
+            if generation == self._generation:
+                self._facts = {name: f for name, f in facts.items() if name not in self._spent}
+            return set(self._spent)
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -119,8 +129,9 @@ class Listings:
     async def list_domains(self, *, look_at_each: bool = False) -> list[str]:
         """Every domain's name, with its listed facts kept; with look_at_each, each
         listed domain is looked at too (see the module's docstring)."""
-        def listing() -> tuple[list[Any], dict[str, tuple[Power, bool, bool]]]:
+        def listing() -> tuple[list[Any], int, set[str]]:
             conn = self._c()
+            generation = self._listing.begin()
             doms = conn.listAllDomains()
             flagged = {flag: {d.name() for d in conn.listAllDomains(flag)} for flag in _LISTED}
             facts = {}
@@ -130,13 +141,12 @@ class Listings:
                 if power is not None:
                     persistent = name in flagged[libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT]
                     facts[name] = (power, persistent, persistent and name in flagged[_AUTOSTART])
-            return doms, facts
-        doms, facts = await self._run(listing)
+            return doms, generation, self._listing.install(facts, generation)
+        doms, generation, touched = await self._run(listing)
         for dom in doms:
             self._doms.setdefault(dom.name(), dom)
-        generation = self._listing.reset(facts)
-        self.known = {d.name() for d in doms}
-        names = sorted(self.known)
+        names = sorted({d.name() for d in doms})
+        self.known = set(names) | touched  # a name an event brought while listing exists too
         if look_at_each and names:
             jobs = min(LOOK_JOBS, self._threads, len(names))
             await asyncio.gather(*(self._run(self._look_early, names[i::jobs], generation) for i in range(jobs)))

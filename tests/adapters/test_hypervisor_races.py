@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import libvirt
 import pytest
@@ -132,13 +133,61 @@ def test_a_look_stored_after_an_event_or_a_newer_listing_is_not_kept():
     before the event, and is stored after it. And a listing's looks outliving the next."""
     seen = object()
     listing = Listing()
-    generation = listing.reset({})
+    generation = listing.begin()
+    assert listing.install({}, generation) == set()
     assert listing.wants_look("web", generation)
     listing.forget("web")  # the event, between the read and the store
     listing.keep_look("web", seen, generation)
     assert not listing.wants_look("web", generation) and listing.take_look("web") is None
     listing.keep_look("db", seen, generation)
     assert listing.take_look("db") is seen and listing.take_look("db") is None  # used once
-    old, newer = generation, listing.reset({})
+    old, newer = generation, listing.begin()
     listing.keep_look("app", seen, old)  # a job of the older listing, still running
     assert listing.wants_look("app", newer) and listing.take_look("app") is None
+
+
+def test_an_event_during_the_listing_drops_the_listings_facts_of_that_domain():
+    """The listing's RPCs run in the pool while libvirt's event thread goes on: a domain
+    that stopped between them and the facts' store is not taken for running."""
+    P = Power
+    listing = Listing()
+    generation = listing.begin()
+    listing.forget("web")  # its event, while the listing's RPCs run
+    touched = listing.install({"web": (P.running, True, True), "db": (P.shutoff, True, False)}, generation)
+    assert listing.facts_of("web") is None and listing.facts_of("db") == (P.shutoff, True, False)
+    assert touched == {"web"}, "a name an event brought is known, even if the listing missed it"
+    stale = listing.begin()
+    listing.install({"app": (P.running, True, True)}, generation)  # an older listing, ending late
+    assert listing.facts_of("app") is None and stale == generation + 1
+
+
+class StartsAfterShutoffListing:
+    """A real connection, except that right after the listing of shut-off domains, "web"
+    is started (virsh start) and its event is let in: the race between the listing's
+    RPCs and libvirt's event thread, hit every time."""
+
+    def __init__(self, conn, outside, hv):
+        self._conn, self._outside, self._hv, self._done = conn, outside, hv, False
+
+    def listAllDomains(self, flags=0):
+        listed = self._conn.listAllDomains(flags)
+        if flags == libvirt.VIR_CONNECT_LIST_DOMAINS_SHUTOFF and not self._done:
+            self._done = True
+            self._outside.lookupByName("web").create()
+            deadline = time.monotonic() + 5
+            while "web" not in self._hv._listing._spent and time.monotonic() < deadline:
+                time.sleep(0.01)  # its event, in libvirt's event thread
+        return listed
+
+    def __getattr__(self, attr):
+        return getattr(self._conn, attr)
+
+
+async def test_a_domain_started_while_the_listing_runs_is_not_taken_for_stopped(adapter_after, fresh_libvirt):
+    async with adapter_after(state="stopped") as hv:
+        real = hv._c
+        racing = StartsAfterShutoffListing(real(), fresh_libvirt, hv)
+        hv._c = lambda: racing
+        await hv.list_domains(look_at_each=True)
+        hv._c = real
+        assert (await hv.observe_domain("web")).power == Power.running, "the listing's stale 'shut off'"

@@ -149,15 +149,14 @@ def test_a_look_stored_after_an_event_or_a_newer_listing_is_not_kept():
 def test_an_event_during_the_listing_drops_the_listings_facts_of_that_domain():
     """The listing's RPCs run in the pool while libvirt's event thread goes on: a domain
     that stopped between them and the facts' store is not taken for running."""
-    P = Power
     listing = Listing()
     generation = listing.begin()
     listing.forget("web")  # its event, while the listing's RPCs run
-    touched = listing.install({"web": (P.running, True, True), "db": (P.shutoff, True, False)}, generation)
-    assert listing.facts_of("web") is None and listing.facts_of("db") == (P.shutoff, True, False)
+    touched = listing.install({"web": (Power.running, True, True), "db": (Power.shutoff, True, False)}, generation)
+    assert listing.facts_of("web") is None and listing.facts_of("db") == (Power.shutoff, True, False)
     assert touched == {"web"}, "a name an event brought is known, even if the listing missed it"
     stale = listing.begin()
-    listing.install({"app": (P.running, True, True)}, generation)  # an older listing, ending late
+    listing.install({"app": (Power.running, True, True)}, generation)  # an older listing, ending late
     assert listing.facts_of("app") is None and stale == generation + 1
 
 

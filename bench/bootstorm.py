@@ -178,5 +178,6 @@ def main() -> None:
               f"({', '.join(f'{x:.2f}' for x in ratios)}) | {statistics.median(m for _, m, _ in v):.0f} | "
               f"{statistics.median(b for _, _, b in v):.0f} % |")
 
+
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
+# nvirtd's (daemon/core/ownership.py), not imported: the floor pays for no import of nvirtd's
 NAMESPACE, PREFIX = "https://nvirtd.dev/xmlns/1", "nvirtd"
 
 
@@ -43,15 +44,10 @@ def record(dom_digest: tuple[libvirt.virDomain, str]) -> None:
     dom.setAutostart(1)
 
 
-def listen_for_events(conns: list[libvirt.virConnect]) -> list[int]:
-    seen = [0]
-
-    def lifecycle(_conn, _dom, _event, _detail, _opaque) -> None:
-        seen[0] += 1
-
+def listen_for_events(conns: list[libvirt.virConnect]) -> None:
+    """Every lifecycle event reaches Python, as nvirtd's do (what it does with them is not the floor's)."""
     for conn in conns:
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None)
-    return seen
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda *_: None, None)
 
 
 def main() -> None:
